@@ -1,0 +1,138 @@
+"""Multi-head attention with partial rotary position encoding and a switchable kernel.
+
+The attention kernel is chosen in exactly one place, `dot_product_attention`:
+  * ``'einsum'`` — a plain einsum/softmax path, the numerical reference;
+  * ``'xla'``    — `jax.nn.dot_product_attention` with XLA's implementation;
+  * ``'cudnn'``  — `jax.nn.dot_product_attention` with cuDNN flash attention (GPU only).
+
+Parameters are always float32; `dtype` is the compute dtype (bfloat16 on GPU).
+Shapes: B batch, S query length, T key length, H heads, K head dim, D model dim.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+AttentionImpl = Literal['einsum', 'xla', 'cudnn']
+ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
+
+
+def rotary_dims(head_dim: int, fraction: float) -> int:
+  """Number of channels of each head that rotate: an even number <= head_dim."""
+  if not 0.0 <= fraction <= 1.0:
+    raise ValueError(f'rotary_fraction must be in [0, 1], got {fraction}.')
+  return 2 * int(head_dim * fraction / 2)
+
+
+def apply_rotary(
+  x_BxTxHxK: jax.Array, positions_BxT: jax.Array, fraction: float, max_wavelength: float
+) -> jax.Array:
+  """Rotates the first `fraction` of each head's channels by angle position * frequency.
+
+  Channel pairs (i, i + R/2) of the rotated part turn together (the GPT-NeoX layout), so
+  q . k depends only on the relative offset of the two positions.
+  """
+  rot = rotary_dims(x_BxTxHxK.shape[-1], fraction)
+  if rot == 0:
+    return x_BxTxHxK
+  half = rot // 2
+  inv_freq_F = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles_BxTxF = positions_BxT.astype(jnp.float32)[..., None] * inv_freq_F
+  sin_BxTx1xF = jnp.sin(angles_BxTxF)[:, :, None, :]
+  cos_BxTx1xF = jnp.cos(angles_BxTxF)[:, :, None, :]
+  x_rot, x_pass = x_BxTxHxK[..., :rot], x_BxTxHxK[..., rot:]
+  x1 = x_rot[..., :half].astype(jnp.float32)
+  x2 = x_rot[..., half:].astype(jnp.float32)
+  rotated = jnp.concatenate(
+    [x1 * cos_BxTx1xF - x2 * sin_BxTx1xF, x2 * cos_BxTx1xF + x1 * sin_BxTx1xF], axis=-1
+  )
+  return jnp.concatenate([rotated.astype(x_BxTxHxK.dtype), x_pass], axis=-1)
+
+
+def dot_product_attention(
+  q_BxSxHxK: jax.Array,
+  k_BxTxHxK: jax.Array,
+  v_BxTxHxK: jax.Array,
+  mask_BxSxT: jax.Array,
+  impl: AttentionImpl = 'einsum',
+) -> jax.Array:
+  """softmax(q k^T / sqrt(K)) v over keys where `mask` is True. Returns [B, S, H, K].
+
+  Every query row must allow at least one key (the models guarantee it by letting each
+  position see itself), so no row is all -inf.
+  """
+  if impl == 'einsum':
+    scale = q_BxSxHxK.shape[-1] ** -0.5
+    logits_BxHxSxT = (
+      jnp.einsum('bshk,bthk->bhst', q_BxSxHxK, k_BxTxHxK, preferred_element_type=jnp.float32)
+      * scale
+    )
+    big_neg = jnp.finfo(jnp.float32).min
+    logits_BxHxSxT = jnp.where(mask_BxSxT[:, None], logits_BxHxSxT, big_neg)
+    probs_BxHxSxT = jax.nn.softmax(logits_BxHxSxT, axis=-1).astype(v_BxTxHxK.dtype)
+    return jnp.einsum('bhst,bthk->bshk', probs_BxHxSxT, v_BxTxHxK)
+  if impl in ('xla', 'cudnn'):
+    return jax.nn.dot_product_attention(
+      q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask_BxSxT[:, None], implementation=impl
+    )
+  raise ValueError(f'Unknown attention_impl {impl!r}; choose one of {ATTENTION_IMPLS}.')
+
+
+class MultiHeadAttention(nn.Module):
+  """Projections to heads, rotary on q and k, the attention kernel, output projection.
+
+  Split into `queries`, `keys_values` and `attend` so that a decoding cache can keep the
+  rotated keys and values of past positions and reuse them.
+  """
+
+  num_heads: int
+  d_model: int
+  rotary_fraction: float = 0.5
+  max_wavelength: float = 10_000.0
+  use_rotary: bool = True
+  attention_impl: AttentionImpl = 'einsum'
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.d_model % self.num_heads:
+      raise ValueError(
+        f'd_model ({self.d_model}) must be divisible by num_heads ({self.num_heads}).'
+      )
+    head_dim = self.d_model // self.num_heads
+    dense = lambda name: nn.DenseGeneral(
+      (self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32, name=name
+    )
+    self.query, self.key, self.value = dense('query'), dense('key'), dense('value')
+    self.out = nn.DenseGeneral(
+      self.d_model, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name='out'
+    )
+
+  def _rotate(self, x_BxTxHxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+    if not self.use_rotary:
+      return x_BxTxHxK
+    return apply_rotary(x_BxTxHxK, positions_BxT, self.rotary_fraction, self.max_wavelength)
+
+  def queries(self, x_BxSxD: jax.Array, positions_BxS: jax.Array) -> jax.Array:
+    """Rotated queries [B, S, H, K]."""
+    return self._rotate(self.query(x_BxSxD), positions_BxS)
+
+  def keys_values(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
+    """Rotated keys and values, each [B, T, H, K]."""
+    return self._rotate(self.key(x_BxTxD), positions_BxT), self.value(x_BxTxD)
+
+  def attend(
+    self, q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, mask_BxSxT: jax.Array
+  ) -> jax.Array:
+    """Attention over the given keys/values, projected back to [B, S, D]."""
+    out_BxSxHxK = dot_product_attention(
+      q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxSxT, self.attention_impl
+    )
+    return self.out(out_BxSxHxK)
+
+  def __call__(self, x_q_BxSxD, x_kv_BxTxD, q_positions_BxS, kv_positions_BxT, mask_BxSxT):
+    k, v = self.keys_values(x_kv_BxTxD, kv_positions_BxT)
+    return self.attend(self.queries(x_q_BxSxD, q_positions_BxS), k, v, mask_BxSxT)

@@ -1,0 +1,118 @@
+"""Latent buckets and the per-step latent-count strategies.
+
+XLA compiles one program per shape, so a step with N latents runs at the static bucket
+B = bucket_for(N, buckets) and N itself enters the program as a traced integer: a run
+compiles once per bucket it uses, never once per N.
+
+Strategies (config.latents.strategy) map a training step to N, deterministically from
+(seed, step) so a resumed run draws the same N as the uninterrupted one:
+  * fixed       N = latents.max;
+  * uniform     N ~ U[latents.min, latents.max], one draw per step from a seeded stream;
+  * curriculum  N grows from latents.min to latents.max over `warmup_fraction` of training,
+                `schedule` = 'linear' (every integer) or 'stepwise' (bucket by bucket).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+STRATEGIES = ('fixed', 'uniform', 'curriculum')
+SCHEDULES = ('linear', 'stepwise')
+
+
+def validate_buckets(buckets: Sequence[int], max_context: int | None = None) -> tuple[int, ...]:
+  """Returns `buckets` as a tuple after checking they are sorted, positive and fit the window."""
+  buckets = tuple(int(b) for b in buckets)
+  if not buckets:
+    raise ValueError('latents.buckets is empty: give at least one bucket, e.g. (64, 128, 256).')
+  if any(b < 1 for b in buckets):
+    raise ValueError(f'Buckets must be positive, got {buckets}.')
+  if list(buckets) != sorted(set(buckets)):
+    raise ValueError(
+      f'Buckets must be strictly increasing, got {buckets}; sort them and drop duplicates.'
+    )
+  if max_context is not None and buckets[-1] > max_context:
+    raise ValueError(
+      f'Largest bucket {buckets[-1]} exceeds the window '
+      f'model.max_context={max_context}; drop it or enlarge the window.'
+    )
+  return buckets
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= n. Raises ValueError if n < 1 or no bucket can hold n."""
+  buckets = validate_buckets(buckets)
+  n = int(n)
+  if n < 1:
+    raise ValueError(f'Number of latents must be >= 1, got {n}.')
+  for b in buckets:
+    if b >= n:
+      return b
+  raise ValueError(
+    f'No bucket can hold {n} latents: the largest bucket is {buckets[-1]}. '
+    f'Add a bucket >= {n} to latents.buckets or lower the latent count.'
+  )
+
+
+def padding_waste(n: int, buckets: Sequence[int]) -> float:
+  """Bucket size over active latents (>= 1): the compute spent per useful latent slot."""
+  return bucket_for(n, buckets) / n
+
+
+def validate_strategy(
+  strategy: str,
+  min_latents: int,
+  max_latents: int,
+  buckets: Sequence[int],
+  schedule: str = 'linear',
+  max_context: int | None = None,
+) -> None:
+  """Checks a strategy's settings, with a message that says what to change."""
+  if strategy not in STRATEGIES:
+    raise ValueError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')
+  if schedule not in SCHEDULES:
+    raise ValueError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
+  if not 1 <= min_latents <= max_latents:
+    raise ValueError(
+      f'Need 1 <= latents.min <= latents.max, got min={min_latents}, max={max_latents}.'
+    )
+  if max_context is not None and max_latents > max_context:
+    raise ValueError(
+      f'latents.max={max_latents} exceeds the window model.max_context={max_context}.'
+    )
+  bucket_for(max_latents, validate_buckets(buckets, max_context))
+
+
+def num_latents_at(
+  step: int,
+  *,
+  strategy: str,
+  min_latents: int,
+  max_latents: int,
+  total_steps: int,
+  seed: int,
+  buckets: Sequence[int] = (),
+  schedule: str = 'linear',
+  warmup_fraction: float = 0.5,
+) -> int:
+  """N for training step `step` (a pure function of its arguments)."""
+  if strategy == 'fixed':
+    return int(max_latents)
+  if strategy == 'uniform':
+    rng = np.random.default_rng([seed, step, 0x6C61])  # one independent stream per step
+    return int(rng.integers(min_latents, max_latents + 1))
+  if strategy == 'curriculum':
+    ramp_steps = max(1, int(round(warmup_fraction * total_steps)))
+    progress = min(1.0, step / ramp_steps)
+    if schedule == 'linear':
+      return int(round(min_latents + progress * (max_latents - min_latents)))
+    if schedule == 'stepwise':
+      # Equal time on each bucket-sized stage between min and max, ending at max.
+      stages = [min_latents] + [b for b in buckets if min_latents < b < max_latents]
+      stages.append(max_latents)
+      stage = min(len(stages) - 1, int(progress * len(stages)))
+      return int(stages[stage])
+    raise ValueError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
+  raise ValueError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')

@@ -1,0 +1,240 @@
+"""Pins perceiver_ar_vl/models.py: bucket padding invariance, causality, masks, compiles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from perceiver_ar_vl import models
+
+TINY = dict(
+  vocab_size=256,
+  num_layers=3,
+  num_heads=4,
+  d_model=32,
+  mlp_dim=64,
+  max_context=48,
+  dropout_rate=0.0,
+)
+M = 48
+
+
+@pytest.fixture(scope='module')
+def perceiver():
+  model = models.PerceiverAR(**TINY)
+  tokens = jnp.zeros((2, M), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), tokens, num_latents=8)
+  # The head is zero-initialised; randomise it so that logits carry information.
+  params = jax.tree.map(
+    lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape), params
+  )
+  return model, params
+
+
+@pytest.fixture(scope='module')
+def transformer():
+  model = models.Transformer(**TINY)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, M), jnp.int32))
+  params = jax.tree.map(
+    lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(4), p.shape), params
+  )
+  return model, params
+
+
+def random_tokens(seed, batch=2, length=M):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch, length)), jnp.int32)
+
+
+@pytest.mark.parametrize('n,b1,b2', [(5, 8, 16), (8, 8, 32), (1, 4, 48), (13, 16, 17)])
+def test_active_logits_do_not_depend_on_bucket(perceiver, n, b1, b2):
+  model, params = perceiver
+  tokens = random_tokens(0)
+  unpadded = model.apply(params, tokens, num_latents=n)
+  at_b1 = model.apply(params, tokens, num_latents=n, bucket=b1)
+  at_b2 = model.apply(params, tokens, num_latents=n, bucket=b2)
+  assert unpadded.shape == (2, n, 256) and at_b1.shape == (2, b1, 256)
+  np.testing.assert_allclose(at_b1[:, -n:], unpadded, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(at_b2[:, -n:], unpadded, atol=1e-5, rtol=1e-5)
+
+
+def test_inactive_slots_are_not_attended(perceiver):
+  """Without the inactive-key mask the active logits would change with the padding tokens'
+  values only through the latent stack; pin that the latent stack ignores them."""
+  model, params = perceiver
+  tokens = random_tokens(1)
+  n, b = 4, 16
+  full = model.apply(params, tokens, num_latents=b, bucket=b)
+  part = model.apply(params, tokens, num_latents=n, bucket=b)
+  # With N=B every slot is a key, so the last N logits differ from the N-active run.
+  assert not np.allclose(full[:, -n:], part[:, -n:], atol=1e-4)
+
+
+def test_traced_num_latents_compiles_once_per_bucket(perceiver):
+  model, params = perceiver
+  tokens = random_tokens(2)
+  traces = []
+
+  @jax.jit
+  def forward(num_latents):
+    traces.append(1)
+    return model.apply(params, tokens, num_latents=num_latents, bucket=16)
+
+  for n in (9, 12, 16):
+    out = forward(jnp.int32(n))
+    want = model.apply(params, tokens, num_latents=n)
+    np.testing.assert_allclose(out[:, -n:], want, atol=1e-5, rtol=1e-5)
+  assert len(traces) == 1
+
+
+def test_one_compilation_per_bucket_for_65_97_128():
+  model = models.PerceiverAR(
+    vocab_size=256,
+    num_layers=2,
+    num_heads=2,
+    d_model=16,
+    mlp_dim=32,
+    max_context=160,
+    dropout_rate=0.0,
+  )
+  tokens = random_tokens(3, batch=1, length=160)
+  params = model.init(jax.random.PRNGKey(0), tokens, num_latents=8)
+  traces = []
+
+  @jax.jit
+  def forward(num_latents):
+    traces.append(1)
+    return model.apply(params, tokens, num_latents=num_latents, bucket=128)
+
+  for n in (65, 97, 128):
+    forward(jnp.int32(n)).block_until_ready()
+  assert len(traces) == 1
+
+
+def first_changed_position(logits_a, logits_b, first_position):
+  changed = np.abs(np.asarray(logits_a) - np.asarray(logits_b)).max(axis=(0, 2)) > 1e-6
+  return first_position + int(np.argmax(changed)) if changed.any() else None
+
+
+@pytest.mark.parametrize('p', [0, 20, 40, 47])
+def test_perceiver_is_causal_under_perturbation(perceiver, p):
+  model, params = perceiver
+  tokens = random_tokens(4)
+  b = 32
+  changed = tokens.at[:, p].set((tokens[:, p] + 1) % 256)
+  a = model.apply(params, tokens, num_latents=b)
+  c = model.apply(params, changed, num_latents=b)
+  first = first_changed_position(a, c, M - b)
+  assert first is not None and first >= p  # position p itself may (and should) change
+
+
+@pytest.mark.parametrize('p', [0, 20, 47])
+def test_transformer_is_causal_under_perturbation(transformer, p):
+  model, params = transformer
+  tokens = random_tokens(5)
+  changed = tokens.at[:, p].set((tokens[:, p] + 1) % 256)
+  first = first_changed_position(model.apply(params, tokens), model.apply(params, changed), 0)
+  assert first == p
+
+
+def test_causality_by_gradient(perceiver, transformer):
+  tokens = random_tokens(6, batch=1)
+  for model, params, bucket in ((*perceiver, 16), (*transformer, None)):
+
+    def apply_with_delta(delta_BxMxD, model=model, params=params, bucket=bucket):
+      # Perturb the embeddings through an additive input by intercepting the embed module.
+      def embed_interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == '__call__' and context.module.name == 'embed':
+          out = out + delta_BxMxD
+        return out
+
+      with models.nn.intercept_methods(embed_interceptor):
+        if bucket is None:
+          return model.apply(params, tokens)
+        return model.apply(params, tokens, num_latents=bucket)
+
+    first_slot_position = M - (bucket or M)
+    for slot in (0, 5, (bucket or M) - 1):
+      position = first_slot_position + slot
+      grads = jax.grad(lambda d, s=slot: apply_with_delta(d)[0, s].sum())(
+        jnp.zeros((1, M, TINY['d_model']))
+      )
+      norms = np.abs(np.asarray(grads[0])).sum(-1)
+      assert np.all(norms[position + 1 :] == 0), (type(model).__name__, slot)
+      assert norms[position] > 0 and (position == 0 or norms[:position].sum() > 0)
+
+
+def test_left_padding_mask_hides_padded_tokens(perceiver, transformer):
+  tokens = random_tokens(7)
+  pad = 20
+  mask = jnp.arange(M)[None, :] >= pad
+  mask = jnp.broadcast_to(mask, tokens.shape)
+  other = tokens.at[:, :pad].set(jnp.asarray(np.random.default_rng(8).integers(0, 256, (2, pad))))
+  model, params = perceiver
+  for b in (8, 40):  # latents only valid / latents that include padded positions
+    a = model.apply(params, tokens, num_latents=b, input_mask=mask)
+    c = model.apply(params, other, num_latents=b, input_mask=mask)
+    valid_slots = slice(max(0, pad - (M - b)), None)
+    np.testing.assert_allclose(a[:, valid_slots], c[:, valid_slots], atol=1e-5)
+    assert np.all(np.isfinite(np.asarray(a)))
+  model, params = transformer
+  a = model.apply(params, tokens, input_mask=mask)
+  c = model.apply(params, other, input_mask=mask)
+  np.testing.assert_allclose(a[:, pad:], c[:, pad:], atol=1e-5)
+  assert not np.allclose(model.apply(params, tokens)[:, pad:], a[:, pad:], atol=1e-4)
+
+
+def test_seed_size_parameter_count():
+  model = models.PerceiverAR(
+    num_layers=6, num_heads=8, d_model=512, mlp_dim=2048, vocab_size=256, max_context=1024
+  )
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1024), jnp.int32), num_latents=256)
+  )
+  count = sum(x.size for x in jax.tree.leaves(shapes))
+  print(f'PerceiverAR seed size: {count:,} parameters')
+  assert 12_000_000 <= count <= 20_000_000
+  assert count == 19_178_752  # the figure printed in README
+
+
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
+    (dict(num_latents=0), 'num_latents must be >= 1'),
+    (dict(num_latents=9, bucket=8), 'does not fit in bucket'),
+    (dict(num_latents=8, bucket=64), 'exceeds the window'),
+    (dict(num_latents=49), 'exceeds the window'),
+  ],
+)
+def test_bad_latent_arguments_are_clear_errors(perceiver, kwargs, match):
+  model, params = perceiver
+  with pytest.raises(ValueError, match=match):
+    model.apply(params, random_tokens(9), **kwargs)
+
+
+def test_traced_latents_need_a_bucket(perceiver):
+  model, params = perceiver
+  with pytest.raises(ValueError, match='bucket'):
+    jax.jit(lambda n: model.apply(params, random_tokens(9), num_latents=n))(jnp.int32(4))
+
+
+def test_window_longer_than_max_context_is_rejected(perceiver):
+  model, params = perceiver
+  with pytest.raises(ValueError, match='max_context'):
+    model.apply(params, random_tokens(9, length=M + 1), num_latents=4)
+
+
+def test_dropout_and_cross_attend_dropout_only_in_training():
+  model = models.PerceiverAR(**{**TINY, 'dropout_rate': 0.5}, cross_attend_dropout=0.5)
+  tokens = random_tokens(10)
+  params = model.init(jax.random.PRNGKey(0), tokens, num_latents=8)
+  params = jax.tree.map(
+    lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), params
+  )
+  eval_a = model.apply(params, tokens, num_latents=8)
+  eval_b = model.apply(params, tokens, num_latents=8)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train = model.apply(
+    params, tokens, num_latents=8, deterministic=False, rngs={'dropout': jax.random.PRNGKey(1)}
+  )
+  assert not np.allclose(train, eval_a)
