@@ -1,0 +1,299 @@
+"""Byte-level datasets (vocabulary 256: a token is a raw byte), selected by `config.data`.
+
+`config.data` keys (defaults in DEFAULTS):
+  name          'enwik8' | 'text_file' | 'copy'.
+  path          enwik8: local `enwik8` or `enwik8.zip`; '' downloads ENWIK8_URL (SHA-1 checked).
+                text_file: a local file, or several separated by commas (concatenated in order).
+  heldout_path  text_file only: if set, all of `path` trains and this file's first half is
+                'validation', its second half 'test'.
+  data_dir      where prepared array_record files go ('' = tfds default, ~/tensorflow_datasets).
+  copy_mode     copy task: 'mirror' (second half = first half reversed) or 'copy' (repeated).
+  copy_vocab    copy task: alphabet size k in [2, 256]; symbol i is byte (ord('a') + i) % 256,
+                so k <= 26 gives the letters 'a'.. (k = 16: 'a'..'p').
+
+Splits: enwik8 is the standard first 90M / next 5M / last 5M bytes; text_file the same
+90/5/5 fractions of its length. Both are prepared once through a tensorflow-datasets builder
+(`byte_datasets.py`, array_record, no TensorFlow) and read with random access: a training
+crop reads only the one or two 64 KiB records it overlaps.
+
+The copy task is synthetic: an example of W bytes is ceil(W/2) random symbols followed by their
+copy or mirror, truncated to W, so predicting the second half needs reading far back. It is
+generated on the fly (no files); validation / test are fixed streams of COPY_EVAL_EXAMPLES
+examples, back to back.
+
+Training crops are deterministic: row r of the global batch at `step` draws its window from
+`np.random.default_rng([seed, step, r, _ROW_TAG])` alone, so a resumed run sees the same data
+and each process computes just its own rows.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from perceiver_ar_vl import byte_datasets
+
+VOCAB_SIZE = 256
+NAMES = ('enwik8', 'text_file', 'copy')
+SPLITS = byte_datasets.SPLITS
+COPY_MODES = ('copy', 'mirror')
+COPY_EVAL_EXAMPLES = 64  # examples of W bytes in each copy-task evaluation split
+DEFAULTS = {
+  'name': 'enwik8',
+  'path': '',
+  'heldout_path': '',
+  'data_dir': '',
+  'copy_mode': 'mirror',
+  'copy_vocab': 16,
+}
+_ROW_TAG = 0x64617461  # 'data': training rows' streams, apart from other per-step streams
+_COPY_EVAL_TAG = 0xC0B1  # keeps the copy task's eval streams apart from training rows
+
+
+def _get(data_config: Any, key: str) -> Any:
+  """`data_config[key]` for a ConfigDict or a dict, DEFAULTS[key] when absent."""
+  return data_config.get(key, DEFAULTS[key])
+
+
+class ByteDataset(abc.ABC):
+  """Byte data for one (config.data, window). Rows are W = window bytes, int32 tokens."""
+
+  vocab_size: int = VOCAB_SIZE
+
+  def __init__(self, window: int):
+    self.window = window  # W = M + 1 tokens per training example
+
+  @abc.abstractmethod
+  def _train_row(self, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [W] one training example drawn with `rng`."""
+
+  @abc.abstractmethod
+  def split_bytes(self, split: str) -> np.ndarray:
+    """uint8 [num_bytes] the whole split ('train', 'validation', 'test') as one read-only array.
+
+    For sequential evaluation. For the copy task: COPY_EVAL_EXAMPLES examples of W bytes
+    back to back, a fixed stream per (seed, split).
+    """
+
+  @abc.abstractmethod
+  def num_bytes(self, split: str) -> int:
+    """Length of `split` in bytes."""
+
+  def train_batch(
+    self, step: int, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+  ) -> np.ndarray:
+    """int32 [batch_size // process_count, W] training rows of this process.
+
+    Row r of the global batch is drawn from `np.random.default_rng([seed, step, r, _ROW_TAG])`
+    only (the tag keeps it apart from other per-step streams, e.g. latents.py's); this
+    process holds global rows [process_index * b, (process_index + 1) * b) with
+    b = batch_size // process_count, so the processes' rows together form the global batch.
+
+    Raises:
+      ValueError: negative step/seed, batch_size not divisible by process_count, bad
+        process_index.
+    """
+    rows = _process_rows(step, batch_size, seed, process_index, process_count)
+    batch_BxW = np.empty((len(rows), self.window), np.int32)
+    for i, r in enumerate(rows):
+      batch_BxW[i] = self._train_row(np.random.default_rng([seed, step, r, _ROW_TAG]))
+    return batch_BxW
+
+  def train_batches(
+    self,
+    start_step: int,
+    end_step: int,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 2,
+  ) -> Iterator[np.ndarray]:
+    """`train_batch(step, ...)` for step in [start_step, end_step), prefetched by grain threads.
+
+    Yields the same arrays as calling train_batch step by step (in order), so resuming at
+    `start_step` is exact.
+    """
+    _process_rows(start_step, batch_size, seed, process_index, process_count)  # validate early
+    steps = grain.MapDataset.range(start_step, end_step)
+    batches = steps.map(
+      lambda step: self.train_batch(step, batch_size, seed, process_index, process_count)
+    )
+    options = grain.ReadOptions(num_threads=max(prefetch, 1), prefetch_buffer_size=prefetch)
+    return iter(batches.to_iter_dataset(options))
+
+  def _check_split(self, split: str) -> None:
+    if split not in SPLITS:
+      raise ValueError(f'Unknown split {split!r}; choose one of {SPLITS}.')
+
+
+def _process_rows(
+  step: int, batch_size: int, seed: int, process_index: int, process_count: int
+) -> range:
+  """Global row indices held by this process (validates the arguments)."""
+  if step < 0 or seed < 0:
+    raise ValueError(f'step and seed must be >= 0, got step={step}, seed={seed}.')
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(
+      f'Need 0 <= process_index < process_count, got {process_index} and {process_count}.'
+    )
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(
+      f'batch_size={batch_size} must be a positive multiple of process_count={process_count}.'
+    )
+  per_process = batch_size // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
+
+
+class PreparedByteDataset(ByteDataset):
+  """enwik8 / text_file: splits stored as fixed-size byte records, read with random access."""
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, window: int, description: str):
+    super().__init__(window)
+    self.builder = builder
+    self._chunk = builder.builder_config.chunk_bytes
+    sources = byte_datasets.prepare(builder)
+    # grain views over the tfds array_record sources: record index -> bytes.
+    self._records = {s: grain.MapDataset.source(sources[s]) for s in SPLITS}
+    self._num_bytes = {}
+    for split in SPLITS:
+      n = len(self._records[split])
+      last = len(self._record(split, n - 1)) if n else 0
+      self._num_bytes[split] = (n - 1) * self._chunk + last if n else 0
+    self._cache: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+      if self._num_bytes[split] < window:
+        raise ValueError(
+          f'{description}: the {split} split has {self._num_bytes[split]:,} bytes, fewer than '
+          f'the window of {window} bytes (model context + 1): the file is too short for the '
+          'window; use a longer file or a smaller window.'
+        )
+
+  def _record(self, split: str, i: int) -> bytes:
+    record = self._records[split][i]
+    if int(record['index']) != i:
+      raise RuntimeError(
+        f'{self.builder.data_path}: record {i} of {split} holds chunk '
+        f'{record["index"]}; delete the prepared directory and re-run.'
+      )
+    return record['bytes']
+
+  def _read(self, split: str, start: int, length: int) -> np.ndarray:
+    """uint8 [length] bytes [start, start + length) of `split`, reading only the records needed."""
+    first, last = start // self._chunk, (start + length - 1) // self._chunk
+    data = b''.join(self._record(split, i) for i in range(first, last + 1))
+    offset = start - first * self._chunk
+    return np.frombuffer(data, np.uint8, count=length, offset=offset)
+
+  def _train_row(self, rng: np.random.Generator) -> np.ndarray:
+    start = int(rng.integers(0, self._num_bytes['train'] - self.window + 1))
+    return self._read('train', start, self.window)
+
+  def split_bytes(self, split: str) -> np.ndarray:
+    self._check_split(split)
+    if split not in self._cache:
+      array = self._read(split, 0, self._num_bytes[split]).copy()
+      array.flags.writeable = False
+      self._cache[split] = array
+    return self._cache[split]
+
+  def num_bytes(self, split: str) -> int:
+    self._check_split(split)
+    return self._num_bytes[split]
+
+
+class CopyDataset(ByteDataset):
+  """Synthetic long-range task: ceil(W/2) random symbols, then their copy or mirror."""
+
+  def __init__(self, window: int, mode: str = 'mirror', vocab: int = 16, seed: int = 0):
+    super().__init__(window)
+    self.mode = mode
+    self.symbols = ((ord('a') + np.arange(vocab)) % 256).astype(np.uint8)  # [vocab]
+    self.seed = seed
+    self._cache: dict[str, np.ndarray] = {}
+
+  def _train_row(self, rng: np.random.Generator) -> np.ndarray:
+    half = (self.window + 1) // 2
+    first = self.symbols[rng.integers(0, len(self.symbols), half)]
+    second = first if self.mode == 'copy' else first[::-1]
+    return np.concatenate([first, second])[: self.window]
+
+  def split_bytes(self, split: str) -> np.ndarray:
+    self._check_split(split)
+    if split not in self._cache:
+      tag = SPLITS.index(split)
+      rows = [
+        self._train_row(np.random.default_rng([self.seed, _COPY_EVAL_TAG, tag, i]))
+        for i in range(COPY_EVAL_EXAMPLES)
+      ]
+      array = np.concatenate(rows)
+      array.flags.writeable = False
+      self._cache[split] = array
+    return self._cache[split]
+
+  def num_bytes(self, split: str) -> int:
+    self._check_split(split)
+    return COPY_EVAL_EXAMPLES * self.window
+
+
+def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 0) -> ByteDataset:
+  """Validates `data_config` and returns its dataset; prepares tfds files once.
+
+  Args:
+    data_config: `config.data` (ConfigDict or dict); keys and defaults in DEFAULTS.
+    window: W = M + 1 bytes per training example.
+    seed: seeds the copy task's fixed validation / test streams (file datasets ignore it).
+
+  Raises:
+    ValueError: unknown name / copy_mode, bad copy_vocab or window, a split shorter than W.
+    FileNotFoundError: a file in data.path / data.heldout_path does not exist.
+    byte_datasets.SourceError: an enwik8 path that is not the standard file or archive.
+    byte_datasets.DownloadError: enwik8 with no data.path and the download fails.
+  """
+  name = _get(data_config, 'name')
+  if name not in NAMES:
+    raise ValueError(f'Unknown data.name {name!r}; choose one of {NAMES}.')
+  if not isinstance(window, int | np.integer) or window < 2:
+    raise ValueError(f'window must be an integer >= 2, got {window!r}.')
+  window = int(window)
+  path = str(_get(data_config, 'path') or '').strip()
+  heldout = str(_get(data_config, 'heldout_path') or '').strip()
+  if heldout and name != 'text_file':
+    raise ValueError(
+      f'data.heldout_path is only used by data.name=text_file, not {name!r}; leave it empty.'
+    )
+
+  if name == 'copy':
+    mode = _get(data_config, 'copy_mode')
+    if mode not in COPY_MODES:
+      raise ValueError(f'Unknown data.copy_mode {mode!r}; choose one of {COPY_MODES}.')
+    vocab = _get(data_config, 'copy_vocab')
+    if not isinstance(vocab, int | np.integer) or not 2 <= vocab <= VOCAB_SIZE:
+      raise ValueError(f'data.copy_vocab must be an integer in [2, {VOCAB_SIZE}], got {vocab!r}.')
+    return CopyDataset(window, mode=mode, vocab=int(vocab), seed=seed)
+
+  data_dir = os.path.expanduser(
+    str(_get(data_config, 'data_dir') or '') or tfds.core.constants.DATA_DIR
+  )
+  if name == 'enwik8':
+    builder = byte_datasets.enwik8_builder(data_dir)
+    if not builder.is_prepared():
+      expected = sum(byte_datasets.ENWIK8_SPLIT_BYTES)
+      archive = path or byte_datasets.download_enwik8(os.path.join(data_dir, 'downloads'))
+      builder.source = byte_datasets.enwik8_source(archive, expected)
+    return PreparedByteDataset(builder, window, f'enwik8 ({path or "downloaded"})')
+
+  paths = [p.strip() for p in path.split(',')]
+  if not path or not all(paths):
+    raise ValueError(
+      f'data.path={path!r}: text_file needs --config.data.path=/path/to/file '
+      '(several files separated by commas, no empty entries).'
+    )
+  builder = byte_datasets.byte_file_builder(data_dir, paths, heldout)
+  return PreparedByteDataset(builder, window, f'data.path={path!r}')

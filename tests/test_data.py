@@ -1,0 +1,278 @@
+"""Tests for perceiver_ar_vl/data.py and its tfds builders (perceiver_ar_vl/byte_datasets.py)."""
+
+import hashlib
+import shutil
+import urllib.error
+import zipfile
+
+import ml_collections
+import numpy as np
+import pytest
+
+from perceiver_ar_vl import byte_datasets, data
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+  # Records of 1000 bytes, so the small test files span many records and crops cross them.
+  monkeypatch.setattr(byte_datasets, 'CHUNK_BYTES', 1000)
+
+
+def _write(path, num_bytes, seed):
+  content = np.random.default_rng(seed).integers(0, 256, num_bytes, dtype=np.uint8).tobytes()
+  path.write_bytes(content)
+  return content
+
+
+def _text_config(tmp_path, path, heldout=''):
+  return {
+    'name': 'text_file',
+    'path': str(path),
+    'heldout_path': str(heldout),
+    'data_dir': str(tmp_path / 'tfds'),
+  }
+
+
+def _is_substring(row, content):
+  return row.astype(np.uint8).tobytes() in content
+
+
+def test_text_file_splits_are_90_5_5_slices_of_the_file(tmp_path):
+  content = _write(tmp_path / 'book.txt', 20_000, seed=0)
+  ds = data.make_dataset(_text_config(tmp_path, tmp_path / 'book.txt'), window=65)
+  assert [ds.num_bytes(s) for s in data.SPLITS] == [18_000, 1_000, 1_000]
+  assert ds.split_bytes('train').tobytes() == content[:18_000]
+  assert ds.split_bytes('validation').tobytes() == content[18_000:19_000]
+  assert ds.split_bytes('test').tobytes() == content[19_000:]
+  assert ds.split_bytes('test').dtype == np.uint8
+  with pytest.raises(ValueError, match='Unknown split'):
+    ds.split_bytes('valid')
+
+
+def test_heldout_path_trains_on_all_and_halves_the_heldout_file(tmp_path):
+  train = _write(tmp_path / 'a.txt', 5_000, seed=1)
+  heldout = _write(tmp_path / 'b.txt', 3_001, seed=2)
+  ds = data.make_dataset(_text_config(tmp_path, tmp_path / 'a.txt', tmp_path / 'b.txt'), 33)
+  assert ds.split_bytes('train').tobytes() == train
+  assert ds.split_bytes('validation').tobytes() == heldout[:1_500]
+  assert ds.split_bytes('test').tobytes() == heldout[1_500:]
+
+
+def test_comma_separated_paths_concatenate_in_order(tmp_path):
+  parts = [_write(tmp_path / f'{i}.txt', 4_321 + i, seed=i) for i in range(3)]
+  paths = ', '.join(str(tmp_path / f'{i}.txt') for i in range(3))
+  ds = data.make_dataset(_text_config(tmp_path, paths), 33)
+  whole = b''.join(parts)
+  train, valid, _ = byte_datasets.text_split_sizes(len(whole))
+  assert ds.split_bytes('train').tobytes() == whole[:train]
+  assert ds.split_bytes('validation').tobytes() == whole[train : train + valid]
+
+
+def test_config_dict_and_missing_files_give_clear_errors(tmp_path):
+  config = ml_collections.ConfigDict(
+    {
+      'name': 'text_file',
+      'path': str(tmp_path / 'nope.txt'),
+      'heldout_path': '',
+      'data_dir': str(tmp_path),
+    }
+  )
+  with pytest.raises(FileNotFoundError, match=r'data\.path.*nope\.txt'):
+    data.make_dataset(config, 65)
+  _write(tmp_path / 'a.txt', 5_000, seed=0)
+  with pytest.raises(FileNotFoundError, match=r'data\.heldout_path.*missing\.txt'):
+    data.make_dataset(_text_config(tmp_path, tmp_path / 'a.txt', tmp_path / 'missing.txt'), 65)
+  with pytest.raises(ValueError, match='text_file needs'):
+    data.make_dataset(_text_config(tmp_path, ''), 65)
+
+
+def test_file_too_short_for_window(tmp_path):
+  _write(tmp_path / 'a.txt', 20_000, seed=0)  # validation / test: 1000 bytes
+  with pytest.raises(ValueError, match='too short'):
+    data.make_dataset(_text_config(tmp_path, tmp_path / 'a.txt'), window=1_025)
+
+
+def test_crops_are_deterministic_contiguous_and_split_across_processes(tmp_path):
+  content = _write(tmp_path / 'a.txt', 20_000, seed=3)
+  ds = data.make_dataset(_text_config(tmp_path, tmp_path / 'a.txt'), window=257)
+  train = content[:18_000]
+  batch = ds.train_batch(step=7, batch_size=8, seed=5)
+  assert batch.shape == (8, 257) and batch.dtype == np.int32
+  np.testing.assert_array_equal(batch, ds.train_batch(7, 8, 5))
+  assert not np.array_equal(batch, ds.train_batch(8, 8, 5))
+  assert not np.array_equal(batch, ds.train_batch(7, 8, 6))
+  assert all(_is_substring(row, train) for row in batch)
+  assert len({row.tobytes() for row in batch}) == 8
+  # Crops over many steps cover the split, reaching both ends (records 0 and 17).
+  starts = [
+    train.index(row.astype(np.uint8).tobytes())
+    for step in range(50)
+    for row in ds.train_batch(step, 8, 0)
+  ]
+  assert min(starts) < 1_000 and max(starts) > 18_000 - 257 - 1_000
+  # Each process's rows are its slice of the global batch.
+  parts = [ds.train_batch(7, 8, 5, process_index=p, process_count=4) for p in range(4)]
+  assert all(p.shape == (2, 257) for p in parts)
+  np.testing.assert_array_equal(np.concatenate(parts), batch)
+  with pytest.raises(ValueError, match='multiple of'):
+    ds.train_batch(7, 6, 5, process_index=0, process_count=4)
+  with pytest.raises(ValueError, match='process_index'):
+    ds.train_batch(7, 8, 5, process_index=4, process_count=4)
+
+
+def test_prefetched_train_batches_equal_train_batch(tmp_path):
+  _write(tmp_path / 'a.txt', 20_000, seed=4)
+  ds = data.make_dataset(_text_config(tmp_path, tmp_path / 'a.txt'), window=65)
+  batches = list(ds.train_batches(3, 9, batch_size=4, seed=1, process_index=1, process_count=2))
+  assert len(batches) == 6
+  for step, batch in zip(range(3, 9), batches, strict=True):
+    np.testing.assert_array_equal(batch, ds.train_batch(step, 4, 1, 1, 2))
+
+
+def test_prepared_files_are_reused_and_keyed_by_content(tmp_path, monkeypatch):
+  path = tmp_path / 'a.txt'
+  _write(path, 20_000, seed=0)
+  data.make_dataset(_text_config(tmp_path, path), 65)
+
+  def fail(*args, **kwargs):
+    raise AssertionError('prepared again')
+
+  monkeypatch.setattr(byte_datasets.ByteFile, '_generate_examples', fail)
+  reused = data.make_dataset(_text_config(tmp_path, path), 65)  # must not regenerate
+  assert reused.num_bytes('train') == 18_000
+  new_content = _write(path, 30_000, seed=1)  # same path, new content -> new prepared copy
+  with pytest.raises(AssertionError, match='prepared again'):
+    data.make_dataset(_text_config(tmp_path, path), 65)
+  monkeypatch.undo()
+  monkeypatch.setattr(byte_datasets, 'CHUNK_BYTES', 1000)
+  changed = data.make_dataset(_text_config(tmp_path, path), 65)
+  assert changed.split_bytes('train').tobytes() == new_content[:27_000]
+
+
+# ----------------------------------------------------------------------------- enwik8
+
+
+@pytest.fixture
+def small_enwik8(tmp_path, monkeypatch):
+  """A 10,000-byte stand-in for enwik8 (split 9000 / 500 / 500), as `enwik8.zip`."""
+  monkeypatch.setattr(byte_datasets, 'ENWIK8_SPLIT_BYTES', (9_000, 500, 500))
+  content = _write(tmp_path / 'enwik8', 10_000, seed=8)
+  archive = tmp_path / 'archive' / 'enwik8.zip'
+  archive.parent.mkdir()
+  with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED) as z:
+    z.write(tmp_path / 'enwik8', 'enwik8')
+  return content, archive
+
+
+def _enwik8_config(tmp_path, path):
+  return {'name': 'enwik8', 'path': str(path), 'data_dir': str(tmp_path / 'tfds')}
+
+
+def test_enwik8_builder_reads_the_archive_and_the_raw_file(tmp_path, small_enwik8):
+  content, archive = small_enwik8
+  for i, path in enumerate([archive, tmp_path / 'enwik8']):
+    config = {'name': 'enwik8', 'path': str(path), 'data_dir': str(tmp_path / f'tfds{i}')}
+    ds = data.make_dataset(config, window=129)
+    assert ds.split_bytes('train').tobytes() == content[:9_000]
+    assert ds.split_bytes('validation').tobytes() == content[9_000:9_500]
+    assert ds.split_bytes('test').tobytes() == content[9_500:]
+    assert all(_is_substring(row, content[:9_000]) for row in ds.train_batch(0, 4, 0))
+  prepared = tmp_path / 'tfds0' / 'enwik8_bytes'
+  assert list(prepared.glob('*/1.0.0/*train.array_record*'))
+
+
+def test_enwik8_rejects_corrupt_or_unknown_archives(tmp_path, small_enwik8):
+  _, archive = small_enwik8
+  corrupt = tmp_path / 'bad' / 'enwik8.zip'
+  corrupt.parent.mkdir()
+  corrupt.write_bytes(archive.read_bytes()[:100])
+  with pytest.raises(byte_datasets.SourceError, match='not a valid zip'):
+    data.make_dataset(_enwik8_config(tmp_path, corrupt), 129)
+  other = tmp_path / 'other.zip'
+  with zipfile.ZipFile(other, 'w') as z:
+    z.writestr('enwik9', b'x' * 10_000)
+  with pytest.raises(byte_datasets.SourceError, match="without a member 'enwik8'"):
+    data.make_dataset(_enwik8_config(tmp_path, other), 129)
+  short = tmp_path / 'enwik8_short'
+  short.write_bytes(b'x' * 9_999)
+  with pytest.raises(byte_datasets.SourceError, match='expected 10,000'):
+    data.make_dataset(_enwik8_config(tmp_path, short), 129)
+  with pytest.raises(FileNotFoundError, match=r'data\.path'):
+    data.make_dataset(_enwik8_config(tmp_path, tmp_path / 'absent.zip'), 129)
+
+
+def test_enwik8_offline_without_path_says_how_to_pass_it(tmp_path, small_enwik8, monkeypatch):
+  def offline(url, dest):
+    raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+
+  monkeypatch.setattr(byte_datasets, '_fetch_url', offline)
+  with pytest.raises(
+    byte_datasets.DownloadError,
+    match=r'could not download .*--config\.data\.path=/path/to/enwik8\.zip',
+  ):
+    data.make_dataset(_enwik8_config(tmp_path, ''), 129)
+
+
+def test_enwik8_download_is_checksum_verified(tmp_path, small_enwik8, monkeypatch):
+  content, archive = small_enwik8
+  monkeypatch.setattr(byte_datasets, '_fetch_url', lambda url, dest: shutil.copy(archive, dest))
+  monkeypatch.setattr(byte_datasets, 'ENWIK8_SHA1', '0' * 40)
+  with pytest.raises(byte_datasets.DownloadError, match='checksum'):
+    data.make_dataset(_enwik8_config(tmp_path, ''), 129)
+  assert not (tmp_path / 'tfds' / 'downloads' / 'enwik8.zip').exists()  # bad file removed
+  monkeypatch.setattr(byte_datasets, 'ENWIK8_SHA1', hashlib.sha1(content).hexdigest())
+  ds = data.make_dataset(_enwik8_config(tmp_path, ''), 129)
+  assert ds.split_bytes('test').tobytes() == content[9_500:]
+  assert (tmp_path / 'tfds' / 'downloads' / 'enwik8.zip').exists()
+
+
+def test_standard_enwik8_config_checks_the_published_checksum():
+  config = byte_datasets.enwik8_config((90_000_000, 5_000_000, 5_000_000), 64 * 1024)
+  assert config.name == 'standard' and config.sha1 == byte_datasets.ENWIK8_SHA1
+  assert byte_datasets.text_split_sizes(100_000_000) == (90_000_000, 5_000_000, 5_000_000)
+
+
+# ----------------------------------------------------------------------------- copy task
+
+
+@pytest.mark.parametrize('window', [64, 65])
+@pytest.mark.parametrize('mode', ['mirror', 'copy'])
+def test_copy_task_second_half_repeats_the_first(mode, window):
+  ds = data.make_dataset({'name': 'copy', 'copy_mode': mode, 'copy_vocab': 16}, window)
+  batch = ds.train_batch(step=3, batch_size=4, seed=0)
+  assert batch.shape == (4, window) and batch.dtype == np.int32
+  half = (window + 1) // 2
+  for row in batch:
+    first, second = row[:half], row[half:]
+    expected = first if mode == 'copy' else first[::-1]
+    np.testing.assert_array_equal(second, expected[: window - half])
+  assert set(np.unique(batch)) <= set(range(ord('a'), ord('a') + 16))
+  assert len(np.unique(batch)) > 8
+  np.testing.assert_array_equal(batch, ds.train_batch(3, 4, 0))
+  assert not np.array_equal(batch, ds.train_batch(4, 4, 0))
+  parts = [ds.train_batch(3, 4, 0, process_index=p, process_count=2) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate(parts), batch)
+
+
+def test_copy_task_eval_streams_are_fixed_and_distinct():
+  ds = data.make_dataset({'name': 'copy'}, 32, seed=1)
+  valid, test = ds.split_bytes('validation'), ds.split_bytes('test')
+  assert valid.dtype == np.uint8 and len(valid) == ds.num_bytes('validation') == 64 * 32
+  assert not np.array_equal(valid, test)
+  again = data.make_dataset({'name': 'copy'}, 32, seed=1)
+  np.testing.assert_array_equal(valid, again.split_bytes('validation'))
+  examples = valid.reshape(64, 32)
+  np.testing.assert_array_equal(examples[:, 16:], examples[:, 15::-1])  # default 'mirror'
+
+
+def test_bad_config_values_raise():
+  with pytest.raises(ValueError, match=r"Unknown data.name 'wiki'.*enwik8.*text_file.*copy"):
+    data.make_dataset({'name': 'wiki'}, 65)
+  with pytest.raises(ValueError, match='copy_mode'):
+    data.make_dataset({'name': 'copy', 'copy_mode': 'reverse'}, 65)
+  with pytest.raises(ValueError, match='copy_vocab'):
+    data.make_dataset({'name': 'copy', 'copy_vocab': 1}, 65)
+  with pytest.raises(ValueError, match='heldout_path'):
+    data.make_dataset({'name': 'enwik8', 'heldout_path': 'x.txt'}, 65)
+  with pytest.raises(ValueError, match='window'):
+    data.make_dataset({'name': 'copy'}, 1)
