@@ -10,16 +10,18 @@
   copy_mode     copy task: 'mirror' (second half = first half reversed) or 'copy' (repeated).
   copy_vocab    copy task: alphabet size k in [2, 256]; symbol i is byte (ord('a') + i) % 256,
                 so k <= 26 gives the letters 'a'.. (k = 16: 'a'..'p').
+  copy_length   copy task: bytes per example (0 = the window M), so the copy distance is
+                about copy_length / 2.
 
 Splits: enwik8 is the standard first 90M / next 5M / last 5M bytes; text_file the same
 90/5/5 fractions of its length. Both are prepared once through a tensorflow-datasets builder
 (`byte_datasets.py`, array_record, no TensorFlow) and read with random access: a training
 crop reads only the one or two 64 KiB records it overlaps.
 
-The copy task is synthetic: an example of W bytes is ceil(W/2) random symbols followed by their
-copy or mirror, truncated to W, so predicting the second half needs reading far back. It is
-generated on the fly (no files); validation / test are fixed streams of COPY_EVAL_EXAMPLES
-examples, back to back.
+The copy task is synthetic: a stream of examples, each ceil(L/2) random symbols followed by
+their copy or mirror (L = copy_length), so predicting a second half needs reading L/2 bytes
+back. Training rows are random windows of that stream, generated on the fly (no files);
+validation / test are fixed streams of COPY_EVAL_EXAMPLES examples, back to back.
 
 Training crops are deterministic: row r of the global batch at `step` draws its window from
 `np.random.default_rng([seed, step, r, _ROW_TAG])` alone, so a resumed run sees the same data
@@ -43,14 +45,15 @@ VOCAB_SIZE = 256
 NAMES = ('enwik8', 'text_file', 'copy')
 SPLITS = byte_datasets.SPLITS
 COPY_MODES = ('copy', 'mirror')
-COPY_EVAL_EXAMPLES = 64  # examples of W bytes in each copy-task evaluation split
+COPY_EVAL_EXAMPLES = 64  # examples in each copy-task evaluation split
 DEFAULTS = {
   'name': 'enwik8',
   'path': '',
   'heldout_path': '',
   'data_dir': '',
-  'copy_mode': 'mirror',
+  'copy_mode': 'copy',
   'copy_vocab': 16,
+  'copy_length': 0,
 }
 _ROW_TAG = 0x64617461  # 'data': training rows' streams, apart from other per-step streams
 _COPY_EVAL_TAG = 0xC0B1  # keeps the copy task's eval streams apart from training rows
@@ -77,7 +80,7 @@ class ByteDataset(abc.ABC):
   def split_bytes(self, split: str) -> np.ndarray:
     """uint8 [num_bytes] the whole split ('train', 'validation', 'test') as one read-only array.
 
-    For sequential evaluation. For the copy task: COPY_EVAL_EXAMPLES examples of W bytes
+    For sequential evaluation. For the copy task: COPY_EVAL_EXAMPLES examples of L bytes
     back to back, a fixed stream per (seed, split).
     """
 
@@ -209,37 +212,51 @@ class PreparedByteDataset(ByteDataset):
 
 
 class CopyDataset(ByteDataset):
-  """Synthetic long-range task: ceil(W/2) random symbols, then their copy or mirror."""
+  """Synthetic long-range task: a stream of examples of `length` bytes, each ceil(length/2)
+  random symbols followed by their copy (or mirror), truncated to `length`.
 
-  def __init__(self, window: int, mode: str = 'mirror', vocab: int = 16, seed: int = 0):
+  Training rows are random W-byte windows of that stream (a random phase, then fresh examples),
+  so every position of a row is either unpredictable (first halves: log2(vocab) bits) or
+  determined by a byte length/2 positions back (second halves: 0 bits). A perfect model scores
+  about log2(vocab)/2 bits per byte; reaching it needs reading back length/2 positions, past
+  the latents and into the cross-attend prefix when length/2 > N.
+  """
+
+  def __init__(
+    self, window: int, mode: str = 'copy', vocab: int = 16, seed: int = 0, length: int = 0
+  ):
     super().__init__(window)
     self.mode = mode
+    self.length = int(length) or window - 1
     self.symbols = ((ord('a') + np.arange(vocab)) % 256).astype(np.uint8)  # [vocab]
     self.seed = seed
     self._cache: dict[str, np.ndarray] = {}
 
+  def _examples(self, rng: np.random.Generator, count: int) -> np.ndarray:
+    """`count` examples back to back, uint8 [count * length]."""
+    half = (self.length + 1) // 2
+    first_CxH = self.symbols[rng.integers(0, len(self.symbols), (count, half))]
+    second_CxH = first_CxH if self.mode == 'copy' else first_CxH[:, ::-1]
+    return np.concatenate([first_CxH, second_CxH], axis=1)[:, : self.length].reshape(-1)
+
   def _train_row(self, rng: np.random.Generator) -> np.ndarray:
-    half = (self.window + 1) // 2
-    first = self.symbols[rng.integers(0, len(self.symbols), half)]
-    second = first if self.mode == 'copy' else first[::-1]
-    return np.concatenate([first, second])[: self.window]
+    phase = int(rng.integers(0, self.length))
+    count = -(-(phase + self.window) // self.length)
+    return self._examples(rng, count)[phase : phase + self.window]
 
   def split_bytes(self, split: str) -> np.ndarray:
     self._check_split(split)
     if split not in self._cache:
       tag = SPLITS.index(split)
-      rows = [
-        self._train_row(np.random.default_rng([self.seed, _COPY_EVAL_TAG, tag, i]))
-        for i in range(COPY_EVAL_EXAMPLES)
-      ]
-      array = np.concatenate(rows)
+      rng = np.random.default_rng([self.seed, _COPY_EVAL_TAG, tag])
+      array = self._examples(rng, COPY_EVAL_EXAMPLES)
       array.flags.writeable = False
       self._cache[split] = array
     return self._cache[split]
 
   def num_bytes(self, split: str) -> int:
     self._check_split(split)
-    return COPY_EVAL_EXAMPLES * self.window
+    return COPY_EVAL_EXAMPLES * self.length
 
 
 def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 0) -> ByteDataset:
@@ -276,7 +293,12 @@ def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 
     vocab = _get(data_config, 'copy_vocab')
     if not isinstance(vocab, int | np.integer) or not 2 <= vocab <= VOCAB_SIZE:
       raise ValueError(f'data.copy_vocab must be an integer in [2, {VOCAB_SIZE}], got {vocab!r}.')
-    return CopyDataset(window, mode=mode, vocab=int(vocab), seed=seed)
+    length = _get(data_config, 'copy_length')
+    if not isinstance(length, int | np.integer) or length < 0:
+      raise ValueError(
+        f'data.copy_length must be an integer >= 0 (0 = the window), got {length!r}.'
+      )
+    return CopyDataset(window, mode=mode, vocab=int(vocab), seed=seed, length=int(length))
 
   data_dir = os.path.expanduser(
     str(_get(data_config, 'data_dir') or '') or tfds.core.constants.DATA_DIR

@@ -235,17 +235,33 @@ def test_standard_enwik8_config_checks_the_published_checksum():
 # ----------------------------------------------------------------------------- copy task
 
 
-@pytest.mark.parametrize('window', [64, 65])
+def _copy_phase(row, length, mode):
+  """The phase o in [0, length) at which `row` is a window of a copy-task stream, or None."""
+  half = (length + 1) // 2
+  for o in range(length):
+    checks = []
+    for i in range(len(row)):
+      k = (i + o) % length  # index inside its example
+      source = i - k + (k - half if mode == 'copy' else 2 * half - 1 - k)
+      if k >= half and source >= 0:  # a second-half byte whose source lies in the row
+        checks.append(row[i] == row[source])
+    if len(checks) >= 8 and all(checks):
+      return o
+  return None
+
+
+@pytest.mark.parametrize('window,length', [(65, 0), (64, 20), (65, 21)])
 @pytest.mark.parametrize('mode', ['mirror', 'copy'])
-def test_copy_task_second_half_repeats_the_first(mode, window):
-  ds = data.make_dataset({'name': 'copy', 'copy_mode': mode, 'copy_vocab': 16}, window)
+def test_copy_task_rows_are_windows_of_the_copy_stream(mode, window, length):
+  ds = data.make_dataset(
+    {'name': 'copy', 'copy_mode': mode, 'copy_vocab': 16, 'copy_length': length}, window
+  )
   batch = ds.train_batch(step=3, batch_size=4, seed=0)
   assert batch.shape == (4, window) and batch.dtype == np.int32
-  half = (window + 1) // 2
-  for row in batch:
-    first, second = row[:half], row[half:]
-    expected = first if mode == 'copy' else first[::-1]
-    np.testing.assert_array_equal(second, expected[: window - half])
+  phases = [_copy_phase(row, length or window - 1, mode) for row in batch]
+  assert None not in phases and len(set(phases)) > 1  # random phases, structure holds
+  other = 'mirror' if mode == 'copy' else 'copy'
+  assert any(_copy_phase(row, length or window - 1, other) is None for row in batch)
   assert set(np.unique(batch)) <= set(range(ord('a'), ord('a') + 16))
   assert len(np.unique(batch)) > 8
   np.testing.assert_array_equal(batch, ds.train_batch(3, 4, 0))
@@ -255,14 +271,16 @@ def test_copy_task_second_half_repeats_the_first(mode, window):
 
 
 def test_copy_task_eval_streams_are_fixed_and_distinct():
-  ds = data.make_dataset({'name': 'copy'}, 32, seed=1)
+  ds = data.make_dataset({'name': 'copy', 'copy_mode': 'mirror'}, 33, seed=1)
   valid, test = ds.split_bytes('validation'), ds.split_bytes('test')
   assert valid.dtype == np.uint8 and len(valid) == ds.num_bytes('validation') == 64 * 32
   assert not np.array_equal(valid, test)
-  again = data.make_dataset({'name': 'copy'}, 32, seed=1)
+  again = data.make_dataset({'name': 'copy', 'copy_mode': 'mirror'}, 33, seed=1)
   np.testing.assert_array_equal(valid, again.split_bytes('validation'))
   examples = valid.reshape(64, 32)
-  np.testing.assert_array_equal(examples[:, 16:], examples[:, 15::-1])  # default 'mirror'
+  np.testing.assert_array_equal(examples[:, 16:], examples[:, 15::-1])
+  copies = data.make_dataset({'name': 'copy'}, 33, seed=1).split_bytes('test').reshape(64, 32)
+  np.testing.assert_array_equal(copies[:, 16:], copies[:, :16])  # default 'copy'
 
 
 def test_bad_config_values_raise():
@@ -272,6 +290,8 @@ def test_bad_config_values_raise():
     data.make_dataset({'name': 'copy', 'copy_mode': 'reverse'}, 65)
   with pytest.raises(ValueError, match='copy_vocab'):
     data.make_dataset({'name': 'copy', 'copy_vocab': 1}, 65)
+  with pytest.raises(ValueError, match='copy_length'):
+    data.make_dataset({'name': 'copy', 'copy_length': -3}, 65)
   with pytest.raises(ValueError, match='heldout_path'):
     data.make_dataset({'name': 'enwik8', 'heldout_path': 'x.txt'}, 65)
   with pytest.raises(ValueError, match='window'):

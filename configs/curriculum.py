@@ -1,0 +1,25 @@
+"""Perceiver AR, strategy 'curriculum': N grows linearly from 64 to 512 over the first half
+of training (`--config.latents.schedule=stepwise` climbs bucket by bucket).
+
+Run (seed experiment, GPU; enwik8 is downloaded once, or pass --config.data.path=enwik8.zip):
+  python launch.py --config=configs/curriculum.py --workdir=/tmp/curriculum
+Smoke (tiny model, synthetic copy task, under 2 minutes on a 2-core CPU):
+  python launch.py --config=configs/curriculum.py:smoke --workdir=/tmp/curriculum_smoke
+CPU on real text (about 15 minutes on 2 cores):
+  python launch.py --config=configs/curriculum.py:cpu --workdir=/tmp/curriculum_cpu \
+    --config.data.path=FILE
+Expected: see README "Results" for the measured figures of each preset.
+"""
+
+from perceiver_ar_vl import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.make_config(
+    arg,
+    name='curriculum',
+    strategy='curriculum',
+    min_latents=64,
+    max_latents=512,
+    model_type='perceiver_ar',
+  )

@@ -1,0 +1,24 @@
+"""Perceiver AR, strategy 'fixed_256': N = 256 latents every step.
+
+Run (seed experiment, GPU; enwik8 is downloaded once, or pass --config.data.path=enwik8.zip):
+  python launch.py --config=configs/fixed_256.py --workdir=/tmp/fixed_256
+Smoke (tiny model, synthetic copy task, under 2 minutes on a 2-core CPU):
+  python launch.py --config=configs/fixed_256.py:smoke --workdir=/tmp/fixed_256_smoke
+CPU on real text (about 15 minutes on 2 cores):
+  python launch.py --config=configs/fixed_256.py:cpu --workdir=/tmp/fixed_256_cpu \
+    --config.data.path=FILE
+Expected: see README "Results" for the measured figures of each preset.
+"""
+
+from perceiver_ar_vl import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.make_config(
+    arg,
+    name='fixed_256',
+    strategy='fixed',
+    min_latents=256,
+    max_latents=256,
+    model_type='perceiver_ar',
+  )

@@ -1,0 +1,25 @@
+"""Perceiver AR, strategy 'uniform': N drawn uniformly in [64, 512] each step from a stream
+seeded by (seed, step), so a resumed run draws the same N.
+
+Run (seed experiment, GPU; enwik8 is downloaded once, or pass --config.data.path=enwik8.zip):
+  python launch.py --config=configs/uniform.py --workdir=/tmp/uniform
+Smoke (tiny model, synthetic copy task, under 2 minutes on a 2-core CPU):
+  python launch.py --config=configs/uniform.py:smoke --workdir=/tmp/uniform_smoke
+CPU on real text (about 15 minutes on 2 cores):
+  python launch.py --config=configs/uniform.py:cpu --workdir=/tmp/uniform_cpu \
+    --config.data.path=FILE
+Expected: see README "Results" for the measured figures of each preset.
+"""
+
+from perceiver_ar_vl import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.make_config(
+    arg,
+    name='uniform',
+    strategy='uniform',
+    min_latents=64,
+    max_latents=512,
+    model_type='perceiver_ar',
+  )

@@ -1,0 +1,242 @@
+"""The base experiment config, its presets, and validation with errors that say what to change.
+
+Every file in `configs/` is `make_config(arg, strategy, ...)`: the base config, its latent
+strategy in seed units (window 1024), then the preset named by the config argument
+(`configs/curriculum.py:smoke`):
+  * ''/'gpu' — the seed experiment: enwik8, window 1024, 6 layers, d_model 512, batch 32;
+  * 'cpu'    — a small model that learns real text on a 2-core CPU in about 15 minutes;
+  * 'smoke'  — a tiny model on the synthetic copy task, under 2 minutes on a 2-core CPU.
+A preset with a shorter window scales the strategy's latent counts and the buckets by
+window / 1024, so `fixed_512` always means "half the window" and the comparison keeps its shape.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from perceiver_ar_vl import data, latents, models
+from perceiver_ar_vl.attention import ATTENTION_IMPLS
+
+MODEL_TYPES = ('perceiver_ar', 'transformer')
+DTYPES = ('float32', 'bfloat16')
+LR_SCHEDULES = ('cosine', 'constant')
+PRESETS = ('', 'gpu', 'cpu', 'smoke')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The seed experiment's settings (DESIGN.md "Defaults for the seed experiment")."""
+  c = ml_collections.ConfigDict()
+  c.name = 'base'
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.type = 'perceiver_ar'  # or 'transformer' (the decoder-only baseline)
+  c.model.vocab_size = 256
+  c.model.num_layers = 6  # the cross-attend counts as layer 1
+  c.model.num_heads = 8
+  c.model.d_model = 512
+  c.model.mlp_dim = 2048
+  c.model.max_context = 1024  # M, the window
+  c.model.dropout_rate = 0.1
+  c.model.cross_attend_dropout = 0.0
+  c.model.activation = 'gelu'  # gelu | relu | sq_relu
+  c.model.position_encoding = 'rotary'  # rotary | absolute
+  c.model.rotary_fraction = 0.5
+  c.model.max_wavelength = 10_000.0
+  c.model.attention_impl = 'einsum'  # einsum | xla | cudnn
+  c.model.dtype = 'float32'  # compute dtype; parameters stay float32
+
+  c.latents = ml_collections.ConfigDict()
+  c.latents.strategy = 'fixed'  # fixed | uniform | curriculum
+  c.latents.min = 64
+  c.latents.max = 512
+  c.latents.buckets = (32, 64, 128, 256, 512, 1024)
+  c.latents.schedule = 'linear'  # curriculum: linear | stepwise
+  c.latents.warmup_fraction = 0.5  # curriculum: fraction of training spent growing N
+
+  c.data = ml_collections.ConfigDict(dict(data.DEFAULTS))
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 100_000
+  c.train.batch_size = 32  # global, split over every device of every process
+  c.train.grad_accum_steps = 1  # microbatches per step (same global batch, less memory)
+  c.train.learning_rate = 3e-4
+  c.train.lr_schedule = 'cosine'  # cosine | constant (both after linear warmup)
+  c.train.warmup_steps = 1_000
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.weight_decay = 0.0
+  c.train.grad_clip = 1.0
+  c.train.z_loss = 1e-4
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2_000
+  c.train.keep_checkpoints = 3
+  c.train.eval_every = 5_000  # validation bits per byte during training; 0 = only at the end
+  c.train.eval_max_bytes = 200_000  # bytes of validation scored during training
+  c.train.wandb = False  # Weights & Biases logging; imported only when True
+  c.train.wandb_project = 'perceiver_ar_vl'
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_latents = 0  # 0 = the training maximum latents.max
+  c.eval.latents_sweep = ()  # extra latent counts to score, e.g. (32, 64, 128, 256, 512, 1024)
+  c.eval.splits = ('validation', 'test')
+  c.eval.max_bytes = 0  # 0 = the whole split
+  c.eval.batch_size = 8
+  c.eval.mode = 'blocks'  # blocks (every target once) | stride1 (exact, slow)
+  c.eval.checkpoint_step = -1  # -1 = the latest checkpoint
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = 'The '
+  c.sample.length = 256
+  c.sample.num_latents = 0  # 0 = the training maximum latents.max
+  c.sample.temperature = 0.8
+  c.sample.top_k = 0
+  c.sample.top_p = 0.95
+  c.sample.seed = 0
+  c.sample.cached = True
+  return c
+
+
+SEED_WINDOW = 1024
+
+
+def _scale_latents(c: ml_collections.ConfigDict) -> None:
+  """Rescales latent counts and buckets written for the seed window to `model.max_context`."""
+  factor = c.model.max_context / SEED_WINDOW
+  scale = lambda n: max(1, int(round(n * factor)))
+  c.latents.min, c.latents.max = scale(c.latents.min), scale(c.latents.max)
+  c.latents.buckets = tuple(sorted({scale(b) for b in c.latents.buckets}))
+
+
+def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
+  """Shrinks the config to a named scale; '' and 'gpu' keep the seed experiment."""
+  preset = preset or ''
+  if preset not in PRESETS:
+    raise ValueError(f'Unknown preset {preset!r}; choose one of {PRESETS[1:]} (or none).')
+  if preset == 'cpu':
+    c.data.name = 'text_file'
+    c.model.update(
+      num_layers=4, num_heads=4, d_model=128, mlp_dim=512, max_context=512, dropout_rate=0.0
+    )
+    _scale_latents(c)
+    c.train.update(
+      steps=1_500,
+      batch_size=16,
+      learning_rate=1e-3,
+      warmup_steps=100,
+      log_every=50,
+      checkpoint_every=500,
+      eval_every=500,
+      eval_max_bytes=32_768,
+    )
+    c.eval.update(latents_sweep=(16, 32, 64, 128, 256, 512), max_bytes=65_536)
+  elif preset == 'smoke':
+    c.data.name = 'copy'
+    c.model.update(
+      num_layers=2, num_heads=4, d_model=64, mlp_dim=128, max_context=128, dropout_rate=0.0
+    )
+    _scale_latents(c)
+    c.train.update(
+      steps=800,
+      batch_size=16,
+      learning_rate=3e-3,
+      warmup_steps=50,
+      log_every=50,
+      checkpoint_every=200,
+      eval_every=0,
+      eval_max_bytes=8_192,
+      z_loss=0.0,
+    )
+    c.eval.update(latents_sweep=(8, 16, 32, 64, 128), max_bytes=8_192, batch_size=8)
+    c.sample.update(length=64, prompt='abcdefgh', temperature=0.0)
+  return c
+
+
+def make_config(
+  arg: str | None,
+  *,
+  name: str,
+  strategy: str,
+  min_latents: int = 64,
+  max_latents: int = 512,
+  model_type: str = 'perceiver_ar',
+  schedule: str = 'linear',
+) -> ml_collections.ConfigDict:
+  """A strategy's config: base, latents in seed units (window 1024), then the preset `arg`."""
+  c = base_config()
+  c.name = name
+  c.model.type = model_type
+  c.latents.update(strategy=strategy, min=min_latents, max=max_latents, schedule=schedule)
+  return apply_preset(c, arg)
+
+
+def create_model(config: ml_collections.ConfigDict) -> models.PerceiverAR | models.Transformer:
+  """The linen module that `config.model` describes."""
+  m = config.model
+  kwargs = dict(
+    vocab_size=m.vocab_size,
+    num_layers=m.num_layers,
+    num_heads=m.num_heads,
+    d_model=m.d_model,
+    mlp_dim=m.mlp_dim,
+    max_context=m.max_context,
+    dropout_rate=m.dropout_rate,
+    activation=m.activation,
+    position_encoding=m.position_encoding,
+    rotary_fraction=m.rotary_fraction,
+    max_wavelength=m.max_wavelength,
+    attention_impl=m.attention_impl,
+    dtype={'float32': 'float32', 'bfloat16': 'bfloat16'}[m.dtype],
+  )
+  if m.type == 'transformer':
+    return models.Transformer(**kwargs)
+  return models.PerceiverAR(**kwargs, cross_attend_dropout=m.cross_attend_dropout)
+
+
+def _choice(value, choices, key: str) -> None:
+  if value not in choices:
+    raise ValueError(f'Unknown {key}={value!r}; choose one of {tuple(choices)}.')
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every setting that would otherwise fail deep inside JAX; returns the config."""
+  m, lat, t = config.model, config.latents, config.train
+  _choice(m.type, MODEL_TYPES, 'model.type')
+  _choice(m.dtype, DTYPES, 'model.dtype')
+  _choice(m.attention_impl, ATTENTION_IMPLS, 'model.attention_impl')
+  _choice(m.position_encoding, models.POSITION_ENCODINGS, 'model.position_encoding')
+  _choice(config.data.name, data.NAMES, 'data.name')
+  _choice(t.lr_schedule, LR_SCHEDULES, 'train.lr_schedule')
+  _choice(config.eval.mode, ('blocks', 'stride1'), 'eval.mode')
+  if m.d_model % m.num_heads:
+    raise ValueError(
+      f'model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.'
+    )
+  if m.vocab_size < data.VOCAB_SIZE:
+    raise ValueError(f'model.vocab_size={m.vocab_size} cannot hold byte tokens; use >= 256.')
+  latents.validate_strategy(
+    lat.strategy, lat.min, lat.max, lat.buckets, lat.schedule, max_context=m.max_context
+  )
+  if m.type == 'transformer' and lat.max != m.max_context:
+    raise ValueError(
+      'The transformer baseline predicts every window position: set '
+      f'latents.max = model.max_context = {m.max_context} (got {lat.max}).'
+    )
+  for key in ('steps', 'batch_size', 'grad_accum_steps', 'log_every', 'checkpoint_every'):
+    if t[key] < 1:
+      raise ValueError(f'train.{key} must be >= 1, got {t[key]}.')
+  if t.batch_size % t.grad_accum_steps:
+    raise ValueError(
+      f'train.batch_size={t.batch_size} must be divisible by '
+      f'train.grad_accum_steps={t.grad_accum_steps}.'
+    )
+  for key in ('num_latents',):
+    n = config.eval[key]
+    if n and not 1 <= n <= m.max_context:
+      raise ValueError(f'eval.{key}={n} must be in [1, model.max_context={m.max_context}].')
+  for n in config.eval.latents_sweep:
+    if not 1 <= n <= m.max_context:
+      raise ValueError(
+        f'eval.latents_sweep holds {n}, outside [1, model.max_context={m.max_context}].'
+      )
+  return config

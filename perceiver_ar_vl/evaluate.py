@@ -1,0 +1,143 @@
+"""Bits per byte over a split, scored in blocks; restore-and-evaluate from a workdir.
+
+Blocks: each block of N targets is predicted by the N latents of one window whose M inputs end
+right before the block's last target, so each target sees up to M-N+j bytes of prior context
+(the window is left-padded and masked near the split's start). Every target (bytes 1..L-1 of
+the split; byte 0 has no context) is scored exactly once. `mode='stride1'` instead scores each
+target with its own window, by the last latent only: exact full-context, and L times slower.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from perceiver_ar_vl import losses, parallel
+
+
+def block_windows(stream: np.ndarray, context: int, targets_per_window: int):
+  """Windows covering every target of `stream` once.
+
+  Returns (windows_BxW int32 with W = context+1, input_mask_BxM bool, weights_BxS float32)
+  where S = targets_per_window: window b's last S positions predict targets whose weight is 1
+  if that target is scored by this window (each target exactly once over all windows).
+  """
+  length = len(stream)
+  if length < 2:
+    raise ValueError(f'Need at least 2 bytes to score, got {length}.')
+  s = targets_per_window
+  ends = list(range(1 + s, length + 1, s))  # window b scores targets [end - s, end)
+  if not ends or ends[-1] < length:
+    ends.append(length)
+  padded = np.concatenate([np.zeros(context, np.int64), np.asarray(stream, np.int64)])
+  windows = np.stack([padded[e - 1 : e + context] for e in ends])  # stream[e-1-M : e]
+  positions = np.arange(context + 1)[None, :] + np.asarray(ends)[:, None] - 1 - context
+  input_mask = positions[:, :context] >= 0
+  target_index = positions[:, context + 1 - s :]  # the stream index each slot predicts
+  first_new = np.array([1] + [e for e in ends[:-1]])  # targets below were scored before
+  weights = (target_index >= first_new[:, None]) & (target_index >= 1)
+  return windows.astype(np.int32), input_mask, weights.astype(np.float32)
+
+
+def forward_logits(
+  model,
+  params,
+  tokens_BxM,
+  num_latents,
+  bucket: int,
+  input_mask=None,
+  deterministic: bool = True,
+  rngs=None,
+) -> jax.Array:
+  """Logits [batch, bucket, vocab] of the last `bucket` positions, for either model type."""
+  if hasattr(model, 'cross_attend_dropout'):  # PerceiverAR
+    return model.apply(
+      params,
+      tokens_BxM,
+      num_latents=num_latents,
+      bucket=bucket,
+      input_mask=input_mask,
+      deterministic=deterministic,
+      rngs=rngs,
+    )
+  logits = model.apply(
+    params, tokens_BxM, input_mask=input_mask, deterministic=deterministic, rngs=rngs
+  )
+  return logits[:, tokens_BxM.shape[1] - bucket :]
+
+
+@functools.lru_cache(maxsize=32)
+def _score_fn(model, num_latents: int):
+  """Jitted (summed nats, target count) of one batch of windows; cached per (model, N)."""
+
+  @jax.jit
+  def score(params, window_BxW, mask_BxM, weights_BxN):
+    logits = forward_logits(
+      model, params, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
+    )
+    out = losses.cross_entropy_loss(logits, window_BxW, num_latents, weights_BxS=weights_BxN)
+    return out.nats * out.num_targets, out.num_targets
+
+  return score
+
+
+def bits_per_byte(
+  model,
+  params,
+  stream: np.ndarray,
+  *,
+  num_latents: int,
+  batch_size: int = 8,
+  max_bytes: int = 0,
+  mode: str = 'blocks',
+  mesh=None,
+) -> dict[str, float]:
+  """Mean next-byte cross-entropy of `stream` (uint8) in bits and nats, scored exactly once.
+
+  `max_bytes` > 0 scores only the first `max_bytes` bytes. Runs data parallel over `mesh`.
+  """
+  context = model.max_context
+  if not 1 <= num_latents <= context:
+    raise ValueError(f'num_latents={num_latents} must be in [1, max_context={context}].')
+  if mode not in ('blocks', 'stride1'):
+    raise ValueError(f"Unknown eval mode {mode!r}; choose 'blocks' or 'stride1'.")
+  stream = np.asarray(stream[:max_bytes] if max_bytes else stream)
+  per_window = num_latents if mode == 'blocks' else 1
+  windows, input_mask, weights_s = block_windows(stream, context, per_window)
+  weights = np.zeros((len(windows), num_latents), np.float32)
+  weights[:, num_latents - per_window :] = weights_s
+
+  mesh = mesh or parallel.make_mesh()
+  devices = mesh.devices.size
+  batch = -(-max(batch_size, 1) // devices) * devices
+  pad = -len(windows) % batch
+  if pad:
+    windows = np.concatenate([windows, np.zeros((pad, windows.shape[1]), np.int32)])
+    input_mask = np.concatenate([input_mask, np.ones((pad, context), bool)])
+    weights = np.concatenate([weights, np.zeros((pad, num_latents), np.float32)])
+
+  score = _score_fn(model, num_latents)
+  rows = slice(
+    jax.process_index() * batch // jax.process_count(),
+    (jax.process_index() + 1) * batch // jax.process_count(),
+  )
+  total_nats, total_count = 0.0, 0.0
+  for start in range(0, len(windows), batch):
+    chunk = [a[start : start + batch][rows] for a in (windows, input_mask, weights)]
+    nats, count = score(params, *(parallel.global_batch(a, mesh) for a in chunk))
+    total_nats += float(nats)
+    total_count += float(count)
+  expected = len(stream) - 1
+  if int(round(total_count)) != expected:
+    raise AssertionError(f'Scored {total_count} targets, expected {expected}.')
+  nats = total_nats / total_count
+  return {'bits': nats / math.log(2), 'nats': nats, 'num_targets': int(total_count)}
+
+
+def default_num_latents(config: Any) -> int:
+  """`eval.num_latents`, or the training maximum when 0."""
+  return int(config.eval.num_latents or config.latents.max)

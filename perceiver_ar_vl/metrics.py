@@ -1,0 +1,76 @@
+"""Metrics to TensorBoard event files, `metrics.jsonl` and (optionally) Weights & Biases.
+
+Only process 0 writes. W&B is imported only when switched on (`config.train.wandb=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+
+import jax
+
+
+class MetricWriter:
+  """Writes scalar dicts keyed by step; `close()` flushes everything."""
+
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    use_wandb: bool = False,
+    wandb_project: str = '',
+    config: Mapping | None = None,
+  ):
+    self._active = jax.process_index() == 0
+    self._tb = self._jsonl = self._wandb = None
+    if not self._active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    from tensorboardX import SummaryWriter
+
+    self._tb = SummaryWriter(logdir=os.path.join(workdir, 'tensorboard'))
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')  # noqa: SIM115
+    if use_wandb:
+      import wandb  # optional dependency: pip install -e '.[wandb]'
+
+      self._wandb = wandb.init(
+        project=wandb_project, dir=workdir, config=dict(config or {}), resume='allow'
+      )
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self._active:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    for key, value in scalars.items():
+      self._tb.add_scalar(key, value, step)
+    record = {'step': int(step), 'time': time.time(), **scalars}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._wandb is not None:
+      self._wandb.log(scalars, step=step)
+
+  def close(self) -> None:
+    if not self._active:
+      return
+    self._tb.close()
+    self._jsonl.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The records of a `metrics.jsonl` file, in order."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'

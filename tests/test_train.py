@@ -1,0 +1,178 @@
+"""Pins perceiver_ar_vl/train.py: end-to-end training, exact resume, compiles, NaN guard."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import tiny_config
+
+from perceiver_ar_vl import checkpoints, config_lib, metrics, parallel, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def losses_by_step(workdir):
+  return {
+    r['step']: r['loss']
+    for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    if 'loss' in r
+  }
+
+
+def test_train_then_resume_after_sigterm_matches_uninterrupted_run(tmp_path, monkeypatch):
+  assert jax.device_count() == 2  # data parallel over 2 simulated CPU devices
+  config = tiny_config('uniform', steps=20)
+  full = train.train(config, str(tmp_path / 'full'))
+  assert full['final_step'] == 20
+  buckets = {
+    train.latents.bucket_for(train.latent_count(config, s), config.latents.buckets)
+    for s in range(20)
+  }
+  assert full['buckets_used'] == sorted(buckets) and len(buckets) >= 2
+  assert all(count == 1 for count in full['compiles'].values())  # one compile per bucket
+
+  # Interrupt a second run with SIGTERM during step 10: it saves step 11 and exits.
+  real_latent_count = train.latent_count
+
+  def latent_count_then_sigterm(cfg, step):
+    if step == 10:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return real_latent_count(cfg, step)
+
+  monkeypatch.setattr(train, 'latent_count', latent_count_then_sigterm)
+  workdir = str(tmp_path / 'interrupted')
+  first = train.train(config, workdir)
+  assert first['final_step'] == 11
+  monkeypatch.setattr(train, 'latent_count', real_latent_count)
+  second = train.train(config, workdir)
+  assert second['start_step'] == 11 and second['final_step'] == 20
+
+  want, got = losses_by_step(str(tmp_path / 'full')), losses_by_step(workdir)
+  assert sorted(got) == list(range(1, 21)) and sorted(want) == list(range(1, 21))
+  np.testing.assert_allclose(
+    [got[s] for s in range(1, 21)], [want[s] for s in range(1, 21)], rtol=1e-5, atol=1e-6
+  )
+  assert second['validation_bits'] == pytest.approx(full['validation_bits'], rel=1e-5)
+
+  # A finished run returns at once.
+  again = train.train(config, workdir)
+  assert again['start_step'] == again['final_step'] == 20 and again['compiles'] == {}
+
+
+def test_loss_falls_on_the_copy_task(tmp_path):
+  config = tiny_config('fixed', steps=60)
+  config.train.learning_rate = 3e-2
+  train.train(config, str(tmp_path))
+  losses = losses_by_step(str(tmp_path))
+  assert np.mean([losses[s] for s in range(51, 61)]) < 0.85 * np.mean(
+    [losses[s] for s in range(1, 6)]
+  )
+  assert (tmp_path / 'checkpoints' / '60').is_dir()
+  assert (tmp_path / 'tensorboard').is_dir() and any((tmp_path / 'tensorboard').iterdir())
+  record = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))[0]
+  for key in (
+    'loss',
+    'bits_per_byte',
+    'learning_rate',
+    'grad_norm',
+    'num_latents',
+    'bucket',
+    'steps_per_sec',
+    'target_tokens_per_sec',
+  ):
+    assert key in record
+
+
+def test_gradient_accumulation_equals_the_full_batch_step():
+  config = tiny_config('fixed')
+  config.model.dropout_rate = 0.0
+  mesh = parallel.make_mesh()
+  model = config_lib.create_model(config)
+  state = train.create_train_state(config, model, mesh)
+  _, schedule = train.make_optimizer(config.train)
+  batch = jnp.asarray(np.random.default_rng(0).integers(97, 113, (8, 33)), jnp.int32)
+  outs = []
+  for k in (1, 4):
+    step = jax.jit(
+      lambda s, b, k=k: train.train_step(
+        s,
+        b,
+        jnp.int32(12),
+        jax.random.PRNGKey(0),
+        model=model,
+        bucket=16,
+        z_loss=1e-4,
+        grad_accum_steps=k,
+        schedule=schedule,
+      )
+    )
+    outs.append(step(state, batch))
+  (s1, m1), (s4, m4) = outs
+  assert float(m1['loss']) == pytest.approx(float(m4['loss']), rel=1e-5)
+  assert float(m1['target_tokens']) == float(m4['target_tokens']) == 8 * 12
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  def poisoned_optimizer(t):
+    schedule = lambda step: jnp.where(step < 6, 1e-3, jnp.nan)
+    return optax.adam(schedule), schedule
+
+  monkeypatch.setattr(train, 'make_optimizer', poisoned_optimizer)
+  config = tiny_config('fixed', steps=20)
+  config.train.checkpoint_every = 4
+  with pytest.raises(train.NonFiniteLossError, match='last good checkpoint'):
+    train.train(config, str(tmp_path))
+  assert checkpoints.manager(str(tmp_path)).latest_step() == 4
+
+
+def test_transformer_baseline_trains(tmp_path):
+  config = tiny_config('fixed', steps=4, model_type='transformer')
+  summary = train.train(config, str(tmp_path))
+  assert summary['buckets_used'] == [32] and np.isfinite(summary['validation_bits'])
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+  config = tiny_config('fixed', steps=8)
+  train.train(config, str(tmp_path))
+  config.train.steps = 16
+  for root, _, files in os.walk(tmp_path / 'checkpoints' / '8'):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  with pytest.raises(checkpoints.CheckpointError, match='could not be restored'):
+    train.train(config, str(tmp_path))
+
+
+def test_launch_smoke_trains_then_resumes_at_once(tmp_path):
+  cmd = [
+    sys.executable,
+    os.path.join(REPO, 'launch.py'),
+    f'--config={os.path.join(REPO, "configs", "curriculum.py")}:smoke',
+    f'--workdir={tmp_path}',
+    '--config.train.steps=12',
+    '--config.train.log_every=6',
+    '--config.model.max_context=32',
+    '--config.latents.buckets=(4,8,16,32)',
+    '--config.latents.min=4',
+    '--config.latents.max=8',
+    '--config.eval.max_bytes=128',
+    '--config.eval.latents_sweep=(8,)',
+  ]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'step 12/12' in run.stderr and 'Compiling train_step for bucket 4' in run.stderr
+  again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+  assert again.returncode == 0 and 'already finished at step 12' in again.stderr
+  bad = subprocess.run(
+    cmd + ['--config.latents.strategy=random'], capture_output=True, text=True, env=env, timeout=300
+  )
+  assert bad.returncode != 0 and "Unknown latents.strategy 'random'" in bad.stderr
