@@ -1,0 +1,481 @@
+"""Autoregressive byte sampling from Perceiver AR (cached or not) and the Transformer baseline.
+
+Every step predicts the next byte from the window of the last M = model.max_context bytes,
+left-padded with 0 and masked where there is no byte yet (so even a 1-byte prompt works); the
+prediction is the logits of the window's last position. Tokens are drawn from
+`filter_logits` (temperature, top-k, top-p) with the key `fold_in(PRNGKey(seed), step)`.
+
+Latent schedule (Perceiver AR). The original's cached sampler starts with a full forward pass
+at n0 = max(1, N // 2) latents, adds one latent per new byte, and when its latent cache holds
+N latents and another byte comes, refills it with one full pass at n0 latents over the
+current window. Step t therefore runs at `latent_counts(length, N)[t]` latents:
+n0, n0+1, ..., N, n0, n0+1, ... BOTH paths follow this schedule (the uncached path reruns the
+window at that step's count), so their logits agree wherever the cache is exact.
+
+Paths:
+  * uncached (`cached=False`): rerun the model on the window every byte. Works for both
+    models and both position encodings.
+  * cached, Perceiver AR (`PerceiverCache`): keys/values of the cross-attend (every window
+    position) and of every latent layer (the latents since the last reset). A new byte adds
+    one cross-attend key and sends one query, the new latent, through the cross-attend and
+    the latent stack; a reset is one full pass. Exact while prompt + generated <= M and at
+    every reset step. Beyond M bytes the latents cached since the last reset keep the
+    context they were computed with (the M bytes ending at their own position) where the
+    uncached path recomputes them over the slid window: an approximation the original makes.
+  * cached, Transformer (`TransformerCache`): a plain KV cache of every layer over the window,
+    filled by one full pass at the first step. Exact while prompt + generated <= M; beyond M
+    each cached key keeps the context it was computed with (the usual sliding KV cache).
+Cached sampling needs rotary (relative) positions: with `position_encoding='absolute'` each
+byte's window position, hence its embedding, shifts by one every step, so cached keys go
+stale at once; `sample` raises and asks for `cached=False`.
+
+Each step is one jitted call (`_decode_step`) with static shapes (fixed cache capacities;
+the context length and latent count are traced ints): it compiles once per model and path,
+and is reused across steps and across calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver_ar_vl import models
+
+Model = models.PerceiverAR | models.Transformer
+
+
+class PerceiverCache(NamedTuple):
+  """Cached keys/values of Perceiver AR. H heads, K head dim, N = the sampler's num_latents.
+
+  cross_k, cross_v: [B, M, H, K] cross-attend keys/values; slot w is window position w (a
+    new byte shifts the buffer left by one, as the window itself shifts).
+  latent_k, latent_v: per latent layer [B, N, H, K]; slot i holds the i-th latent since the
+    last reset (slots at or past the current latent count are unused and masked out).
+  origin: int32 scalar, the sequence index that rotary treats as position 0 (the first
+    window position at the last reset), so cached positions stay below M + N.
+  """
+
+  cross_k: jax.Array
+  cross_v: jax.Array
+  latent_k: tuple[jax.Array, ...]
+  latent_v: tuple[jax.Array, ...]
+  origin: jax.Array
+
+
+class TransformerCache(NamedTuple):
+  """Cached keys/values of the Transformer: per layer [B, M, H, K], slot w = window position w.
+
+  origin: int32 scalar, the sequence index that rotary treats as position 0.
+  """
+
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  origin: jax.Array
+
+
+# ------------------------------------------------------------------ the latent schedule
+
+
+def reset_latents(num_latents: int) -> int:
+  """n0 = max(1, N // 2): the latent count of a full pass (start and every cache reset)."""
+  return max(1, num_latents // 2)
+
+
+def latent_counts(length: int, num_latents: int) -> np.ndarray:
+  """Latent count at each of `length` steps: n0, n0+1, ..., N, then back to n0, ...
+
+  Step t of both paths runs at this count; a step at n0 is a full pass (cache reset).
+  """
+  n0 = reset_latents(num_latents)
+  return n0 + np.arange(length) % (num_latents - n0 + 1)
+
+
+# ------------------------------------------------------------------ token filtering
+
+
+def _check_knobs(temperature, top_k, top_p) -> None:
+  """Range checks on whichever of the three are concrete Python/numpy numbers."""
+  if isinstance(temperature, (int, float, np.number)) and temperature < 0:
+    raise ValueError(f'temperature must be >= 0 (0 means greedy), got {temperature}.')
+  if isinstance(top_k, (int, np.integer)) and top_k < 0:
+    raise ValueError(f'top_k must be >= 0 (0 means no top-k filter), got {top_k}.')
+  if isinstance(top_p, (int, float, np.number)) and not 0 < top_p <= 1:
+    raise ValueError(f'top_p must be in (0, 1] (1 means no nucleus filter), got {top_p}.')
+
+
+def filter_logits(logits_BxV: jax.Array, temperature=1.0, top_k=0, top_p=1.0) -> jax.Array:
+  """Logits to sample from: scaled by 1/temperature, -inf outside the kept candidates.
+
+  Args:
+    logits_BxV: float logits [..., vocab].
+    temperature: > 0 scales the logits; 0 is greedy (only the argmax, the first on ties).
+    top_k: keep the k most likely tokens (exactly k; ties broken by index); 0 keeps all.
+    top_p: then keep the smallest set of most likely tokens whose probability (after
+      temperature and top-k) reaches top_p; 1 keeps all.
+
+  All three may be traced scalars.
+  """
+  _check_knobs(temperature, top_k, top_p)
+  logits_BxV = jnp.asarray(logits_BxV, jnp.float32)
+  greedy = jnp.asarray(temperature) <= 0
+  scaled_BxV = logits_BxV / jnp.where(greedy, 1.0, temperature)
+  order_BxV = jnp.argsort(-scaled_BxV, axis=-1)  # token ids, most likely first (stable)
+  rank_BxV = jnp.argsort(order_BxV, axis=-1)  # 0 for the most likely token
+  keep_BxV = (top_k <= 0) | (rank_BxV < top_k)
+  probs_BxV = jax.nn.softmax(jnp.where(keep_BxV, scaled_BxV, -jnp.inf), axis=-1)
+  sorted_probs_BxV = jnp.take_along_axis(probs_BxV, order_BxV, axis=-1)
+  mass_before_BxV = jnp.cumsum(sorted_probs_BxV, axis=-1) - sorted_probs_BxV
+  in_nucleus_BxV = jnp.take_along_axis(mass_before_BxV < top_p, rank_BxV, axis=-1)
+  keep_BxV &= in_nucleus_BxV | (top_p >= 1)
+  keep_BxV = jnp.where(greedy, rank_BxV == 0, keep_BxV)
+  return jnp.where(keep_BxV, scaled_BxV, -jnp.inf)
+
+
+class _Knobs(NamedTuple):
+  """Traced sampling settings, so changing them does not recompile."""
+
+  key: jax.Array  # PRNGKey(seed)
+  temperature: jax.Array
+  top_k: jax.Array
+  top_p: jax.Array
+
+
+def _draw(logits_BxV: jax.Array, knobs: _Knobs, step) -> jax.Array:
+  """The next token [B] (int32) for `step`, drawn with fold_in(key, step)."""
+  filtered_BxV = filter_logits(logits_BxV, knobs.temperature, knobs.top_k, knobs.top_p)
+  key = jax.random.fold_in(knobs.key, step)
+  return jax.random.categorical(key, filtered_BxV, axis=-1).astype(jnp.int32)
+
+
+# ------------------------------------------------------------------ windows and masks
+
+
+def _left_padded_window(tokens_BxT: np.ndarray, window: int) -> np.ndarray:
+  """The last `window` tokens [B, window], left-padded with 0 when there are fewer."""
+  tail_BxS = tokens_BxT[:, max(0, tokens_BxT.shape[1] - window) :]
+  out_BxW = np.zeros((tokens_BxT.shape[0], window), np.int32)
+  out_BxW[:, window - tail_BxS.shape[1] :] = tail_BxS
+  return out_BxW
+
+
+def _shift_in(buffer_BxTx_: jax.Array, new_Bx1x_: jax.Array) -> jax.Array:
+  """Drops the oldest slot of a [B, T, ...] buffer and appends `new` [B, 1, ...] at the end."""
+  return jnp.concatenate([buffer_BxTx_[:, 1:], new_Bx1x_.astype(buffer_BxTx_.dtype)], axis=1)
+
+
+def _window_indices(context_len, batch: int, window: int) -> jax.Array:
+  """[B, window] sequence index of each window slot; negative where there is no byte yet."""
+  return jnp.broadcast_to(context_len - window + jnp.arange(window), (batch, window))
+
+
+# ------------------------------------------------------------------ Perceiver AR cache
+
+
+def _perceiver_prefill(module, window_BxM, context_len, num_latents: int, capacity: int):
+  """Full pass at `num_latents` latents over the window; fills a `PerceiverCache`.
+
+  The same computation as `PerceiverAR.__call__` at bucket = num_latents, keeping the
+  keys/values it makes. Returns (logits [B, vocab] of the last position, cache).
+  """
+  batch, window = window_BxM.shape
+  index_BxM = _window_indices(context_len, batch, window)
+  origin = context_len - window
+  pos_BxM = index_BxM - origin  # = 0..M-1, as in the uncached window
+  valid_BxM = index_BxM >= 0
+  x_BxMxD = module.embed_tokens(window_BxM, pos_BxM)
+  cross_k, cross_v = module.cross_attend.keys_values(x_BxMxD, pos_BxM)
+
+  first = window - num_latents
+  latent_pos_BxN = pos_BxM[:, first:]
+  mask_BxNxM = models.causal_mask(latent_pos_BxN, pos_BxM, valid_BxM)
+  z_BxNxD = module.cross_attend.attend(
+    x_BxMxD[:, first:], latent_pos_BxN, cross_k, cross_v, mask_BxNxM
+  )
+  mask_BxNxN = models.causal_mask(latent_pos_BxN, latent_pos_BxN, valid_BxM[:, first:])
+  pad = ((0, 0), (0, capacity - num_latents), (0, 0), (0, 0))
+  latent_k, latent_v = [], []
+  for block in module.latent_blocks:
+    k_BxNxHxK, v_BxNxHxK = block.keys_values(z_BxNxD, latent_pos_BxN)
+    z_BxNxD = block.attend(z_BxNxD, latent_pos_BxN, k_BxNxHxK, v_BxNxHxK, mask_BxNxN)
+    latent_k.append(jnp.pad(k_BxNxHxK, pad))
+    latent_v.append(jnp.pad(v_BxNxHxK, pad))
+  cache = PerceiverCache(
+    cross_k, cross_v, tuple(latent_k), tuple(latent_v), jnp.asarray(origin, jnp.int32)
+  )
+  return module.logits(z_BxNxD[:, -1]), cache
+
+
+def _perceiver_extend(module, cache: PerceiverCache, token_B, context_len, num_latents):
+  """Adds the byte at sequence index context_len - 1 as latent number `num_latents`.
+
+  One query through the cross-attend (over the shifted window cache) and every latent layer
+  (over the latents since the last reset). Returns (logits [B, vocab], updated cache).
+  """
+  batch, window = cache.cross_k.shape[:2]
+  pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
+  x_Bx1xD = module.embed_tokens(token_B[:, None], pos_Bx1)
+  k_Bx1xHxK, v_Bx1xHxK = module.cross_attend.keys_values(x_Bx1xD, pos_Bx1)
+  cross_k = _shift_in(cache.cross_k, k_Bx1xHxK)
+  cross_v = _shift_in(cache.cross_v, v_Bx1xHxK)
+  index_BxM = _window_indices(context_len, batch, window)
+  mask_Bx1xM = models.causal_mask(pos_Bx1, index_BxM - cache.origin, index_BxM >= 0)
+  z_Bx1xD = module.cross_attend.attend(x_Bx1xD, pos_Bx1, cross_k, cross_v, mask_Bx1xM)
+
+  latent_k, latent_v = [], []
+  slot = num_latents - 1  # the new latent's slot; slots after it are unused
+  for block, k_cache, v_cache in zip(
+    module.latent_blocks, cache.latent_k, cache.latent_v, strict=True
+  ):
+    capacity = k_cache.shape[1]
+    latent_pos_BxN = jnp.broadcast_to(pos_Bx1 - slot + jnp.arange(capacity), (batch, capacity))
+    latent_ok_BxN = latent_pos_BxN + cache.origin >= 0  # a real byte, not left padding
+    mask_Bx1xN = models.causal_mask(pos_Bx1, latent_pos_BxN, latent_ok_BxN)
+    k_Bx1xHxK, v_Bx1xHxK = block.keys_values(z_Bx1xD, pos_Bx1)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_Bx1xHxK, slot, axis=1)
+    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_Bx1xHxK, slot, axis=1)
+    z_Bx1xD = block.attend(z_Bx1xD, pos_Bx1, k_cache, v_cache, mask_Bx1xN)
+    latent_k.append(k_cache)
+    latent_v.append(v_cache)
+  cache = PerceiverCache(cross_k, cross_v, tuple(latent_k), tuple(latent_v), cache.origin)
+  return module.logits(z_Bx1xD[:, 0]), cache
+
+
+# ------------------------------------------------------------------ Transformer cache
+
+
+def _transformer_prefill(module, window_BxM, context_len):
+  """Full pass over the window; returns (logits [B, vocab] of the last position, cache)."""
+  batch, window = window_BxM.shape
+  index_BxM = _window_indices(context_len, batch, window)
+  origin = context_len - window
+  pos_BxM = index_BxM - origin
+  x_BxMxD = module.embed_tokens(window_BxM, pos_BxM)
+  mask_BxMxM = models.causal_mask(pos_BxM, pos_BxM, index_BxM >= 0)
+  ks, vs = [], []
+  for block in module.blocks:
+    k_BxMxHxK, v_BxMxHxK = block.keys_values(x_BxMxD, pos_BxM)
+    x_BxMxD = block.attend(x_BxMxD, pos_BxM, k_BxMxHxK, v_BxMxHxK, mask_BxMxM)
+    ks.append(k_BxMxHxK)
+    vs.append(v_BxMxHxK)
+  cache = TransformerCache(tuple(ks), tuple(vs), jnp.asarray(origin, jnp.int32))
+  return module.logits(x_BxMxD[:, -1]), cache
+
+
+def _transformer_extend(module, cache: TransformerCache, token_B, context_len):
+  """Adds the byte at sequence index context_len - 1: one query through every layer."""
+  batch, window = cache.k[0].shape[:2]
+  pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
+  x_Bx1xD = module.embed_tokens(token_B[:, None], pos_Bx1)
+  index_BxM = _window_indices(context_len, batch, window)
+  mask_Bx1xM = models.causal_mask(pos_Bx1, index_BxM - cache.origin, index_BxM >= 0)
+  ks, vs = [], []
+  for block, k_cache, v_cache in zip(module.blocks, cache.k, cache.v, strict=True):
+    k_Bx1xHxK, v_Bx1xHxK = block.keys_values(x_Bx1xD, pos_Bx1)
+    k_cache, v_cache = _shift_in(k_cache, k_Bx1xHxK), _shift_in(v_cache, v_Bx1xHxK)
+    x_Bx1xD = block.attend(x_Bx1xD, pos_Bx1, k_cache, v_cache, mask_Bx1xM)
+    ks.append(k_cache)
+    vs.append(v_cache)
+  return module.logits(x_Bx1xD[:, 0]), TransformerCache(tuple(ks), tuple(vs), cache.origin)
+
+
+# ------------------------------------------------------------------ one step
+
+
+def _uncached_logits(model, variables, window_BxM, context_len, num_latents, bucket: int):
+  """Reruns the model on the left-padded window; logits [B, vocab] of its last position."""
+  batch, window = window_BxM.shape
+  valid_BxM = _window_indices(context_len, batch, window) >= 0
+  if isinstance(model, models.PerceiverAR):
+    logits_BxSxV = model.apply(
+      variables, window_BxM, num_latents, bucket=bucket, input_mask=valid_BxM
+    )
+  else:
+    logits_BxSxV = model.apply(variables, window_BxM, input_mask=valid_BxM)
+  return logits_BxSxV[:, -1]
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'mode', 'max_latents'))
+def _decode_step(
+  model,
+  mode: str,
+  max_latents: int,
+  variables,
+  window_BxM,
+  token_B,
+  cache,
+  context_len,
+  num_latents,
+  step,
+  knobs: _Knobs,
+):
+  """Appends `token_B` to the window, predicts the next byte and draws it.
+
+  Args:
+    model, max_latents: static; max_latents is the sampler's N (bucket and cache capacity).
+    mode: static, 'uncached' (rerun the window), 'reset' (full pass that fills a new cache;
+      `cache` is None) or 'extend' (add one position to `cache`).
+    context_len: traced, the number of bytes so far including `token_B`.
+    num_latents: traced, this step's latent count (Perceiver AR).
+    step: traced, the step index for the PRNG.
+
+  Returns:
+    (window [B, M], next token [B], cache or None, logits [B, vocab]).
+  """
+  window_BxM = _shift_in(window_BxM, token_B[:, None])
+  perceiver = isinstance(model, models.PerceiverAR)
+  if mode == 'uncached':
+    logits_BxV = _uncached_logits(
+      model, variables, window_BxM, context_len, num_latents, max_latents
+    )
+  elif mode == 'reset' and perceiver:
+    logits_BxV, cache = model.apply(
+      variables,
+      window_BxM,
+      context_len,
+      reset_latents(max_latents),
+      max_latents,
+      method=_perceiver_prefill,
+    )
+  elif mode == 'reset':
+    logits_BxV, cache = model.apply(variables, window_BxM, context_len, method=_transformer_prefill)
+  elif perceiver:
+    logits_BxV, cache = model.apply(
+      variables, cache, token_B, context_len, num_latents, method=_perceiver_extend
+    )
+  else:
+    logits_BxV, cache = model.apply(
+      variables, cache, token_B, context_len, method=_transformer_extend
+    )
+  return window_BxM, _draw(logits_BxV, knobs, step), cache, logits_BxV
+
+
+def _modes(model: Model, length: int, num_latents: int, cached: bool) -> list[str]:
+  """What each step does: 'uncached', or 'reset' / 'extend' of the cache."""
+  if not cached:
+    return ['uncached'] * length
+  if isinstance(model, models.Transformer):
+    return ['reset'] + ['extend'] * (length - 1)
+  n0 = reset_latents(num_latents)
+  return ['reset' if n == n0 else 'extend' for n in latent_counts(length, num_latents)]
+
+
+# ------------------------------------------------------------------ public API
+
+
+def _check_arguments(model, prompt_BxP: np.ndarray, length: int, num_latents: int, cached: bool):
+  if not isinstance(model, (models.PerceiverAR, models.Transformer)):
+    raise TypeError(f'Can sample from PerceiverAR or Transformer, got {type(model).__name__}.')
+  if prompt_BxP.ndim != 2 or not np.issubdtype(prompt_BxP.dtype, np.integer):
+    raise ValueError(
+      f'prompt must be an integer array [batch, length], got {prompt_BxP.dtype} {prompt_BxP.shape}.'
+    )
+  if prompt_BxP.shape[1] == 0:
+    raise ValueError('The prompt is empty: give at least one byte to start from.')
+  if prompt_BxP.shape[0] == 0:
+    raise ValueError('The prompt has batch size 0: give at least one row.')
+  if prompt_BxP.min() < 0 or prompt_BxP.max() >= model.vocab_size:
+    raise ValueError(f'Prompt tokens must lie in [0, {model.vocab_size}).')
+  if length < 1:
+    raise ValueError(f'length must be >= 1 (the number of bytes to generate), got {length}.')
+  if not 1 <= num_latents <= model.max_context:
+    raise ValueError(
+      f'num_latents must be between 1 and the window model.max_context={model.max_context}, '
+      f'got {num_latents}.'
+    )
+  if cached and model.position_encoding != 'rotary':
+    raise ValueError(
+      f"Cached sampling needs position_encoding='rotary'; with "
+      f"{model.position_encoding!r} every byte's window position changes each step, so "
+      'cached keys/values go stale. Pass cached=False.'
+    )
+
+
+def sample(
+  model: Model,
+  variables,
+  prompt_BxP: np.ndarray,
+  *,
+  length: int,
+  num_latents: int,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  seed: int = 0,
+  cached: bool = True,
+  return_logits: bool = False,
+):
+  """Generates `length` bytes after each row of the prompt.
+
+  Args:
+    model: a `models.PerceiverAR` or `models.Transformer`.
+    variables: the model's variables ({'params': ...}).
+    prompt_BxP: int array [batch, P >= 1]; rows share P. Only its last M bytes are seen.
+    length: bytes to generate (>= 1).
+    num_latents: N, the most latents a step uses (1..M); steps follow `latent_counts`.
+      The Transformer ignores it (every position is a query) but it is still checked.
+    temperature, top_k, top_p: see `filter_logits`; temperature 0 is greedy.
+    seed: step t draws with jax.random.fold_in(jax.random.PRNGKey(seed), t).
+    cached: keep keys/values between steps (see the module docstring) instead of rerunning
+      the whole window each byte. Needs rotary positions.
+    return_logits: also return the model's (unfiltered) logits of each step.
+
+  Returns:
+    int32 [B, length] generated tokens, and with `return_logits` also float32
+    [B, length, vocab], the logits each token was drawn from (before filtering).
+  """
+  prompt_BxP = np.asarray(prompt_BxP)
+  _check_arguments(model, prompt_BxP, length, num_latents, cached)
+  _check_knobs(temperature, top_k, top_p)
+  knobs = _Knobs(
+    jax.random.PRNGKey(seed),
+    jnp.float32(temperature),
+    jnp.int32(top_k),
+    jnp.float32(top_p),
+  )
+  prompt_len = prompt_BxP.shape[1]
+  window_BxM = jnp.asarray(_left_padded_window(prompt_BxP[:, :-1], model.max_context))
+  token_B = jnp.asarray(prompt_BxP[:, -1], jnp.int32)  # step 0 appends the last prompt byte
+  cache = None
+  tokens, logits = [], []
+  counts = latent_counts(length, num_latents)
+  for step, mode in enumerate(_modes(model, length, num_latents, cached)):
+    window_BxM, token_B, cache, logits_BxV = _decode_step(
+      model,
+      mode,
+      num_latents,
+      variables,
+      window_BxM,
+      token_B,
+      None if mode == 'reset' else cache,
+      prompt_len + step,
+      int(counts[step]),
+      step,
+      knobs,
+    )
+    tokens.append(token_B)
+    logits.append(logits_BxV)
+  tokens_BxL = np.asarray(jnp.stack(tokens, axis=1), np.int32)
+  if return_logits:
+    return tokens_BxL, np.asarray(jnp.stack(logits, axis=1), np.float32)
+  return tokens_BxL
+
+
+def generate_text(
+  model: Model, variables, prompt: str, *, length: int, num_latents: int, **kwargs
+) -> str:
+  """Samples `length` bytes after the UTF-8 bytes of `prompt`; returns them decoded.
+
+  Invalid UTF-8 (e.g. a character cut at the end) decodes as U+FFFD. `kwargs` go to `sample`
+  (all but `return_logits`).
+  """
+  if kwargs.get('return_logits'):
+    raise ValueError('generate_text returns text only; call sample(..., return_logits=True).')
+  prompt_1xP = np.frombuffer(prompt.encode('utf-8'), np.uint8).astype(np.int32)[None]
+  tokens_1xL = sample(
+    model, variables, prompt_1xP, length=length, num_latents=num_latents, **kwargs
+  )
+  return bytes(tokens_1xL[0].astype(np.uint8).tolist()).decode('utf-8', errors='replace')
