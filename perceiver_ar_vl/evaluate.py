@@ -10,13 +10,16 @@ target with its own window, by the last latent only: exact full-context, and L t
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
+import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from perceiver_ar_vl import losses, parallel
+from perceiver_ar_vl import losses, models, parallel
 
 
 def block_windows(stream: np.ndarray, context: int, targets_per_window: int):
@@ -43,40 +46,13 @@ def block_windows(stream: np.ndarray, context: int, targets_per_window: int):
   return windows.astype(np.int32), input_mask, weights.astype(np.float32)
 
 
-def forward_logits(
-  model,
-  params,
-  tokens_BxM,
-  num_latents,
-  bucket: int,
-  input_mask=None,
-  deterministic: bool = True,
-  rngs=None,
-) -> jax.Array:
-  """Logits [batch, bucket, vocab] of the last `bucket` positions, for either model type."""
-  if hasattr(model, 'cross_attend_dropout'):  # PerceiverAR
-    return model.apply(
-      params,
-      tokens_BxM,
-      num_latents=num_latents,
-      bucket=bucket,
-      input_mask=input_mask,
-      deterministic=deterministic,
-      rngs=rngs,
-    )
-  logits = model.apply(
-    params, tokens_BxM, input_mask=input_mask, deterministic=deterministic, rngs=rngs
-  )
-  return logits[:, tokens_BxM.shape[1] - bucket :]
-
-
 @functools.lru_cache(maxsize=32)
 def _score_fn(model, num_latents: int):
   """Jitted (summed nats, target count) of one batch of windows; cached per (model, N)."""
 
   @jax.jit
   def score(params, window_BxW, mask_BxM, weights_BxN):
-    logits = forward_logits(
+    logits = models.forward_logits(
       model, params, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
     )
     out = losses.cross_entropy_loss(logits, window_BxW, num_latents, weights_BxS=weights_BxN)
@@ -141,3 +117,59 @@ def bits_per_byte(
 def default_num_latents(config: Any) -> int:
   """`eval.num_latents`, or the training maximum when 0."""
   return int(config.eval.num_latents or config.latents.max)
+
+
+def latent_counts_to_score(config: Any) -> list[int]:
+  """`eval.num_latents` (default: the training maximum) and the sweep, sorted, unique."""
+  return sorted({default_num_latents(config), *(int(n) for n in config.eval.latents_sweep)})
+
+
+def format_table(rows: list[dict]) -> str:
+  """A markdown table of evaluation rows."""
+  lines = ['| split | latents | bits/byte | targets | seconds |', '|---|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(
+      f'| {r["split"]} | {r["num_latents"]} | {r["bits"]:.4f} | '
+      f'{r["num_targets"]} | {r["seconds"]:.1f} |'
+    )
+  return '\n'.join(lines)
+
+
+def evaluate(config: Any, workdir: str) -> dict[str, Any]:
+  """Restores `workdir`'s checkpoint and scores each eval split at each latent count.
+
+  Prints a table and writes `eval.json` in the workdir: {'checkpoint_step', 'mode',
+  'max_bytes', 'results': [{'split', 'num_latents', 'bits', 'nats', 'num_targets',
+  'seconds'}]}. Returns the same dict.
+  """
+  from perceiver_ar_vl import config_lib, data, state  # noqa: PLC0415 (avoid import cycles)
+
+  config_lib.validate(config)
+  e = config.eval
+  model, params, step = state.restore_params(config, workdir, e.checkpoint_step)
+  dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
+  mesh = parallel.make_mesh()
+  rows = []
+  for split in e.splits:
+    stream = dataset.split_bytes(split)
+    for n in latent_counts_to_score(config):
+      start = time.perf_counter()
+      result = bits_per_byte(
+        model,
+        params,
+        stream,
+        num_latents=n,
+        batch_size=e.batch_size,
+        max_bytes=e.max_bytes,
+        mode=e.mode,
+        mesh=mesh,
+      )
+      rows.append(
+        {'split': split, 'num_latents': n, **result, 'seconds': time.perf_counter() - start}
+      )
+  report = {'checkpoint_step': step, 'mode': e.mode, 'max_bytes': int(e.max_bytes), 'results': rows}
+  if jax.process_index() == 0:
+    print(f'Checkpoint step {step}, {e.mode} evaluation:\n{format_table(rows)}')
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(report, f, indent=2)
+  return report

@@ -239,3 +239,30 @@ class Transformer(_Backbone):
     for block in self.blocks:
       x_BxMxD = block(x_BxMxD, x_BxMxD, positions_BxM, positions_BxM, mask_BxMxM, deterministic)
     return self.logits(x_BxMxD)
+
+
+def forward_logits(
+  model,
+  params,
+  tokens_BxM,
+  num_latents,
+  bucket: int,
+  input_mask=None,
+  deterministic: bool = True,
+  rngs=None,
+) -> jax.Array:
+  """Logits [batch, bucket, vocab] of the last `bucket` positions, for either model type."""
+  if isinstance(model, PerceiverAR):
+    return model.apply(
+      params,
+      tokens_BxM,
+      num_latents=num_latents,
+      bucket=bucket,
+      input_mask=input_mask,
+      deterministic=deterministic,
+      rngs=rngs,
+    )
+  logits = model.apply(
+    params, tokens_BxM, input_mask=input_mask, deterministic=deterministic, rngs=rngs
+  )
+  return logits[:, tokens_BxM.shape[1] - bucket :]

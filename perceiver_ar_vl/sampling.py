@@ -479,3 +479,27 @@ def generate_text(
     model, variables, prompt_1xP, length=length, num_latents=num_latents, **kwargs
   )
   return bytes(tokens_1xL[0].astype(np.uint8).tolist()).decode('utf-8', errors='replace')
+
+
+def sample_from_workdir(config, workdir: str) -> str:
+  """Restores `workdir`'s checkpoint (`eval.checkpoint_step`) and samples `config.sample`.
+
+  Returns the prompt followed by the generated text.
+  """
+  from perceiver_ar_vl import state  # noqa: PLC0415 (state imports the model zoo)
+
+  s = config.sample
+  model, params, _ = state.restore_params(config, workdir, config.eval.checkpoint_step)
+  text = generate_text(
+    model,
+    params,
+    s.prompt,
+    length=s.length,
+    num_latents=s.num_latents or config.latents.max,
+    temperature=s.temperature,
+    top_k=s.top_k,
+    top_p=s.top_p,
+    seed=s.seed,
+    cached=s.cached,
+  )
+  return s.prompt + text

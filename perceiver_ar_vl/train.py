@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax.training import train_state
 
 from perceiver_ar_vl import (
   checkpoints,
@@ -30,75 +29,20 @@ from perceiver_ar_vl import (
   latents,
   losses,
   metrics,
+  models,
   parallel,
 )
-
-
-class TrainState(train_state.TrainState):
-  """Params, optimizer state and step (`apply_fn` and `tx` are static)."""
+from perceiver_ar_vl import (
+  state as state_lib,
+)
 
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
 
 
-def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
-  """Global-norm clipping then AdamW, with linear warmup then cosine (or constant) lr."""
-  warmup = min(t.warmup_steps, max(t.steps - 1, 0))
-  if t.lr_schedule == 'cosine':
-    schedule = optax.warmup_cosine_decay_schedule(
-      0.0,
-      t.learning_rate,
-      warmup_steps=warmup,
-      decay_steps=max(t.steps, warmup + 1),
-      end_value=0.1 * t.learning_rate,
-    )
-  else:
-    schedule = optax.join_schedules(
-      [
-        optax.linear_schedule(0.0, t.learning_rate, max(warmup, 1)),
-        optax.constant_schedule(t.learning_rate),
-      ],
-      [warmup],
-    )
-  tx = optax.chain(
-    optax.clip_by_global_norm(t.grad_clip),
-    optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay),
-  )
-  return tx, schedule
-
-
-def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array):
-  """Parameters of `model` (their shapes do not depend on N)."""
-  tokens = jnp.zeros((1, config.model.max_context), jnp.int32)
-  if config.model.type == 'transformer':
-    return model.init(rng, tokens)
-  return model.init(rng, tokens, num_latents=1)
-
-
-def create_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
-  """A fresh, replicated TrainState."""
-  tx, _ = make_optimizer(config.train)
-
-  def make(rng):
-    return TrainState.create(apply_fn=model.apply, params=init_params(model, config, rng), tx=tx)
-
-  return jax.jit(make, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(config.seed))
-
-
-def abstract_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
-  """Shapes, dtypes and shardings of the TrainState, for restoring without allocating twice."""
-  tx, _ = make_optimizer(config.train)
-  make = lambda rng: TrainState.create(
-    apply_fn=model.apply, params=init_params(model, config, rng), tx=tx
-  )
-  shapes = jax.eval_shape(make, jax.random.PRNGKey(0))
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
 def train_step(
-  state: TrainState,
+  state: state_lib.TrainState,
   window_BxW: jax.Array,
   num_latents: jax.Array,
   base_rng: jax.Array,
@@ -108,7 +52,7 @@ def train_step(
   z_loss: float,
   grad_accum_steps: int,
   schedule,
-) -> tuple[TrainState, dict[str, jax.Array]]:
+) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch of windows [batch, M+1] with N active latents.
 
   Dropout randomness is fold_in(base_rng, step), so a resumed run draws the same masks.
@@ -118,7 +62,7 @@ def train_step(
   rng = jax.random.fold_in(base_rng, state.step)
 
   def loss_fn(params, micro_BxW, micro_rng):
-    logits = evaluate.forward_logits(
+    logits = models.forward_logits(
       model,
       params,
       micro_BxW[:, :-1],
@@ -253,17 +197,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints)
   start_step = mngr.latest_step() or 0
   if start_step:
-    state = checkpoints.restore(mngr, abstract_train_state(config, model, mesh))
+    state = checkpoints.restore(mngr, state_lib.abstract_train_state(config, model, mesh))
     logging.info('Resumed from step %d in %s.', start_step, workdir)
   else:
-    state = create_train_state(config, model, mesh)
+    state = state_lib.create_train_state(config, model, mesh)
   summary = {'start_step': start_step, 'final_step': start_step, 'compiles': {}, 'buckets_used': []}
   if start_step >= t.steps:
     logging.info('Run in %s already finished at step %d of %d.', workdir, start_step, t.steps)
     mngr.close()
     return summary
 
-  _, schedule = make_optimizer(t)
+  _, schedule = state_lib.make_optimizer(t)
   base_rng = jax.random.PRNGKey(config.seed + 1)
   compiles: dict[int, int] = {}
   step_fns: dict[int, Any] = {}

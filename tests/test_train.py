@@ -13,6 +13,7 @@ import pytest
 from helpers import tiny_config
 
 from perceiver_ar_vl import checkpoints, config_lib, metrics, parallel, train
+from perceiver_ar_vl import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,8 +95,8 @@ def test_gradient_accumulation_equals_the_full_batch_step():
   config.model.dropout_rate = 0.0
   mesh = parallel.make_mesh()
   model = config_lib.create_model(config)
-  state = train.create_train_state(config, model, mesh)
-  _, schedule = train.make_optimizer(config.train)
+  state = state_lib.create_train_state(config, model, mesh)
+  _, schedule = state_lib.make_optimizer(config.train)
   batch = jnp.asarray(np.random.default_rng(0).integers(97, 113, (8, 33)), jnp.int32)
   outs = []
   for k in (1, 4):
@@ -125,7 +126,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     schedule = lambda step: jnp.where(step < 6, 1e-3, jnp.nan)
     return optax.adam(schedule), schedule
 
-  monkeypatch.setattr(train, 'make_optimizer', poisoned_optimizer)
+  monkeypatch.setattr(state_lib, 'make_optimizer', poisoned_optimizer)
   config = tiny_config('fixed', steps=20)
   config.train.checkpoint_every = 4
   with pytest.raises(train.NonFiniteLossError, match='last good checkpoint'):

@@ -1,0 +1,89 @@
+"""Training state: the optimizer, parameter init, fresh and abstract (restorable) states.
+
+Shared by training, evaluation and sampling, which restore the same TrainState from a workdir.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from perceiver_ar_vl import checkpoints, config_lib, parallel
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state and step (`apply_fn` and `tx` are static)."""
+
+
+def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
+  """Global-norm clipping then AdamW, with linear warmup then cosine (or constant) lr."""
+  warmup = min(t.warmup_steps, max(t.steps - 1, 0))
+  if t.lr_schedule == 'cosine':
+    schedule = optax.warmup_cosine_decay_schedule(
+      0.0,
+      t.learning_rate,
+      warmup_steps=warmup,
+      decay_steps=max(t.steps, warmup + 1),
+      end_value=0.1 * t.learning_rate,
+    )
+  else:
+    schedule = optax.join_schedules(
+      [
+        optax.linear_schedule(0.0, t.learning_rate, max(warmup, 1)),
+        optax.constant_schedule(t.learning_rate),
+      ],
+      [warmup],
+    )
+  tx = optax.chain(
+    optax.clip_by_global_norm(t.grad_clip),
+    optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay),
+  )
+  return tx, schedule
+
+
+def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array):
+  """Parameters of `model` (their shapes do not depend on N)."""
+  tokens = jnp.zeros((1, config.model.max_context), jnp.int32)
+  if config.model.type == 'transformer':
+    return model.init(rng, tokens)
+  return model.init(rng, tokens, num_latents=1)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
+  """A fresh, replicated TrainState."""
+  tx, _ = make_optimizer(config.train)
+
+  def make(rng):
+    return TrainState.create(apply_fn=model.apply, params=init_params(model, config, rng), tx=tx)
+
+  return jax.jit(make, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(config.seed))
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
+  """Shapes, dtypes and shardings of the TrainState, for restoring without allocating twice."""
+  tx, _ = make_optimizer(config.train)
+  make = lambda rng: TrainState.create(
+    apply_fn=model.apply, params=init_params(model, config, rng), tx=tx
+  )
+  shapes = jax.eval_shape(make, jax.random.PRNGKey(0))
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int = -1):
+  """The model and its variables from `workdir`'s checkpoint `step` (-1: the latest)."""
+  model = config_lib.create_model(config)
+  mesh = parallel.make_mesh()
+  mngr = checkpoints.manager(workdir, create=False)
+  try:
+    state = checkpoints.restore(
+      mngr, abstract_train_state(config, model, mesh), None if step < 0 else step
+    )
+  finally:
+    mngr.close()
+  return model, state.params, int(state.step)
