@@ -1,0 +1,121 @@
+"""Pins perceiver_ar_vl/evaluate.py: every target scored once, against a slow reference."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from perceiver_ar_vl import evaluate, metrics, models, sampling, train
+
+M = 16
+
+
+@pytest.mark.parametrize('length', [2, 5, 16, 17, 40, 41])
+@pytest.mark.parametrize('per_window', [1, 3, 8, 16])
+def test_every_target_is_scored_exactly_once(length, per_window):
+  stream = np.arange(length)  # byte value == stream index, so targets name themselves
+  windows, input_mask, weights = evaluate.block_windows(stream, M, per_window)
+  targets = windows[:, M + 1 - per_window :]  # what the last `per_window` slots predict
+  counts = np.bincount(targets[weights > 0], minlength=length)
+  assert counts[0] == 0 and np.all(counts[1:] == 1)
+  # Masked inputs are exactly the left padding; unmasked inputs are the stream's bytes.
+  assert np.all(windows[:, :M][~input_mask] == 0)
+
+
+def slow_reference_bits(model, params, stream, n, mode):
+  """Per-target float64 scoring: each target gets its own model call, no weights."""
+  length = len(stream)
+  per_window = n if mode == 'blocks' else 1
+  ends = list(range(1 + per_window, length + 1, per_window))
+  if not ends or ends[-1] < length:
+    ends.append(length)
+  nll, scored = [], set()
+  for e in ends:
+    inputs = [int(stream[i]) if i >= 0 else 0 for i in range(e - 1 - M, e - 1)]
+    mask = np.array([i >= 0 for i in range(e - 1 - M, e - 1)])
+    logits = model.apply(
+      params, jnp.asarray([inputs]), num_latents=n, input_mask=jnp.asarray(mask[None])
+    )[0]
+    for t in range(e - per_window, e):
+      if t < 1 or t in scored:
+        continue
+      scored.add(t)
+      row = np.asarray(logits[n - (e - t)], np.float64)
+      log_z = np.log(np.exp(row - row.max()).sum()) + row.max()
+      nll.append(log_z - row[stream[t]])
+  assert scored == set(range(1, length))
+  return float(np.mean(nll)) / math.log(2)
+
+
+@pytest.fixture(scope='module')
+def tiny_model():
+  model = models.PerceiverAR(
+    num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=M, dropout_rate=0.0
+  )
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, M), jnp.int32), num_latents=1)
+  params = jax.tree.map(
+    lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params
+  )
+  return model, params
+
+
+@pytest.mark.parametrize('n,mode', [(4, 'blocks'), (7, 'blocks'), (16, 'blocks'), (4, 'stride1')])
+def test_bits_per_byte_matches_slow_per_target_reference(tiny_model, n, mode):
+  model, params = tiny_model
+  stream = np.random.default_rng(0).integers(0, 256, 45).astype(np.uint8)
+  got = evaluate.bits_per_byte(model, params, stream, num_latents=n, batch_size=3, mode=mode)
+  assert got['num_targets'] == 44
+  assert got['bits'] == pytest.approx(slow_reference_bits(model, params, stream, n, mode), rel=1e-5)
+
+
+def test_max_bytes_limits_the_scored_prefix(tiny_model):
+  model, params = tiny_model
+  stream = np.random.default_rng(1).integers(0, 256, 100).astype(np.uint8)
+  a = evaluate.bits_per_byte(model, params, stream, num_latents=4, max_bytes=30)
+  b = evaluate.bits_per_byte(model, params, stream[:30], num_latents=4)
+  assert a == b and a['num_targets'] == 29
+
+
+def test_eval_after_restore_reproduces_the_logged_validation_figure(tmp_path, capsys):
+  config = tiny_config('uniform', steps=8)
+  config.train.eval_max_bytes = 300
+  summary = train.train(config, str(tmp_path))
+  logged = [
+    r['validation_bits_per_byte']
+    for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+    if 'validation_bits_per_byte' in r
+  ]
+  assert logged[-1] == pytest.approx(summary['validation_bits'], rel=1e-6)
+
+  config.eval.update(max_bytes=300, splits=('validation', 'test'), latents_sweep=(4, 32))
+  report = evaluate.evaluate(config, str(tmp_path))
+  rows = {(r['split'], r['num_latents']): r for r in report['results']}
+  assert sorted(rows) == [
+    ('test', 4),
+    ('test', 16),
+    ('test', 32),
+    ('validation', 4),
+    ('validation', 16),
+    ('validation', 32),
+  ]
+  assert rows['validation', 16]['bits'] == pytest.approx(logged[-1], rel=1e-6)
+  assert all(r['num_targets'] == 299 for r in rows.values())
+  with open(os.path.join(tmp_path, 'eval.json')) as f:
+    assert json.load(f)['checkpoint_step'] == 8
+  assert '| validation | 32 |' in capsys.readouterr().out
+
+  text = sampling.sample_from_workdir(config, str(tmp_path))
+  assert text.startswith(config.sample.prompt)
+  assert len(text.encode('utf-8', errors='surrogateescape')) >= len(config.sample.prompt) + 1
+  assert text == sampling.sample_from_workdir(config, str(tmp_path))  # seeded
+
+
+def test_bad_latent_count_is_a_clear_error(tiny_model):
+  model, params = tiny_model
+  with pytest.raises(ValueError, match='num_latents=17'):
+    evaluate.bits_per_byte(model, params, np.zeros(10, np.uint8), num_latents=17)
