@@ -15,11 +15,4 @@ from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.make_config(
-    arg,
-    name='curriculum',
-    strategy='curriculum',
-    min_latents=64,
-    max_latents=512,
-    model_type='perceiver_ar',
-  )
+  return config_lib.strategy_config('curriculum', arg)

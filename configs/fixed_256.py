@@ -14,11 +14,4 @@ from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.make_config(
-    arg,
-    name='fixed_256',
-    strategy='fixed',
-    min_latents=256,
-    max_latents=256,
-    model_type='perceiver_ar',
-  )
+  return config_lib.strategy_config('fixed_256', arg)

@@ -14,11 +14,4 @@ from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.make_config(
-    arg,
-    name='fixed_512',
-    strategy='fixed',
-    min_latents=512,
-    max_latents=512,
-    model_type='perceiver_ar',
-  )
+  return config_lib.strategy_config('fixed_512', arg)

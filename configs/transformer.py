@@ -14,11 +14,4 @@ from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.make_config(
-    arg,
-    name='transformer',
-    strategy='fixed',
-    min_latents=1024,
-    max_latents=1024,
-    model_type='transformer',
-  )
+  return config_lib.strategy_config('transformer', arg)

@@ -181,9 +181,12 @@ def validation_bits(config, model, params, dataset, mesh) -> float:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns a summary of this invocation.
 
-  The summary holds 'start_step', 'final_step', 'compiles' ({bucket: traces}), 'buckets_used'
-  and, when it ran, 'validation_bits'. Re-running a finished run returns at once.
+  The summary holds 'start_step', 'final_step', 'compiles' ({bucket: traces}), 'buckets_used',
+  'train_seconds' (wall-clock of every invocation on this workdir, summed) and, when it ran,
+  'validation_bits'. It is also written to `train_summary.json`. Re-running a finished run
+  returns at once.
   """
+  started = time.perf_counter()
   config_lib.validate(config)
   t = config.train
   mesh = parallel.make_mesh()
@@ -205,6 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if start_step >= t.steps:
     logging.info('Run in %s already finished at step %d of %d.', workdir, start_step, t.steps)
     mngr.close()
+    _write_summary(summary, workdir, 0.0)
     return summary
 
   _, schedule = state_lib.make_optimizer(t)
@@ -288,7 +292,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     checkpoints.save(mngr, step_done, state)
     last_saved = step_done
 
-  step = start_step
   try:
     with _StopSignal() as stop:
       for step in range(start_step, t.steps):
@@ -316,8 +319,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if stop.received:
           logging.warning('Received %s: saved step %d, exiting.', stop.received, done)
           break
-      else:
-        step = t.steps
     summary['final_step'] = last_saved or start_step
     if summary['final_step'] >= t.steps:
       bits = validation_bits(config, model, state.params, dataset, mesh)
@@ -330,7 +331,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
   summary['compiles'] = dict(compiles)
   summary['buckets_used'] = sorted(compiles)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'train_summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+  _write_summary(summary, workdir, time.perf_counter() - started)
   return summary
+
+
+def _write_summary(summary: dict[str, Any], workdir: str, seconds: float) -> None:
+  """Adds this invocation's wall-clock to the workdir's total and writes train_summary.json."""
+  path = os.path.join(workdir, 'train_summary.json')
+  previous = 0.0
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f).get('train_seconds', 0.0)
+  summary['train_seconds'] = previous + seconds
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump(summary, f, indent=2)
