@@ -27,20 +27,11 @@ flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
 
-def _quiet_orbax() -> None:
-  """Orbax logs every save step by step at INFO; keep its warnings, drop the chatter."""
-  import logging as std_logging
-
-  def keep(record):
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
-
-  logging.get_absl_handler().addFilter(keep)
-
-
 def main(argv):
   del argv
-  _quiet_orbax()
-  from perceiver_ar_vl import parallel  # imported here: no JAX work before flags are parsed
+  from perceiver_ar_vl import metrics, parallel  # imported here: flags are parsed first
+
+  metrics.quiet_orbax_logs()
 
   if FLAGS.distributed or FLAGS.coordinator_address:
     parallel.initialize_distributed(

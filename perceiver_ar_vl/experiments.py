@@ -136,7 +136,9 @@ def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     'resumed_from': summary['start_step'],
     'target_tokens': target_tokens_seen(config),
     'buckets_used': buckets_used,
-    'train_latents': [config.latents.min, config.latents.max],
+    'train_latents': sorted(
+      {config.latents.max} | ({config.latents.min} if config.latents.strategy != 'fixed' else set())
+    ),
     'peak_memory_bytes': max(train_step_memory(config, b) for b in buckets_used),
     'validation_curve': curve,
     'eval': report['results'],
@@ -172,8 +174,8 @@ def write_report(
     '|---|---|---:|---:|---:|---:|---:|',
   ]
   for res in results:
-    n_max = res['train_latents'][1]
-    label = '..'.join(str(n) for n in sorted(set(res['train_latents'])))
+    n_max = res['train_latents'][-1]
+    label = '..'.join(str(n) for n in res['train_latents'])
     lines.append(
       f'| {res["name"]} | {label} | {res["train_seconds"]:.0f} | '
       f'{res["target_tokens"]:,} | {res["peak_memory_bytes"] / 2**20:.1f} | '
@@ -302,6 +304,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  metrics.quiet_orbax_logs()
   run_experiment(
     FLAGS.preset,
     FLAGS.out,

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 
 import jax
+from absl import logging
 
 
 class MetricWriter:
@@ -74,3 +75,13 @@ def format_duration(seconds: float) -> str:
   seconds = int(seconds)
   hours, rest = divmod(seconds, 3600)
   return f'{hours}h{rest // 60:02d}m' if hours else f'{rest // 60}m{rest % 60:02d}s'
+
+
+def quiet_orbax_logs() -> None:
+  """Drops orbax's step-by-step INFO chatter from the absl log; its warnings stay."""
+  import logging as std_logging
+
+  def keep(record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+  logging.get_absl_handler().addFilter(keep)

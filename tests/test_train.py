@@ -177,3 +177,7 @@ def test_launch_smoke_trains_then_resumes_at_once(tmp_path):
     cmd + ['--config.latents.strategy=random'], capture_output=True, text=True, env=env, timeout=300
   )
   assert bad.returncode != 0 and "Unknown latents.strategy 'random'" in bad.stderr
+  typo = subprocess.run(
+    cmd + ['--config.model.num_layer=3'], capture_output=True, text=True, env=env, timeout=300
+  )
+  assert typo.returncode != 0 and 'num_layer' in typo.stderr
