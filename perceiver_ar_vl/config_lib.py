@@ -4,7 +4,7 @@ Every file in `configs/` is `strategy_config(name, arg)`: the base config, its l
 strategy in seed units (window 1024), then the preset named by the config argument
 (`configs/curriculum.py:smoke`):
   * ''/'gpu' — the seed experiment: enwik8, window 1024, 6 layers, d_model 512, batch 32;
-  * 'cpu'    — a 1M-parameter model, window 256, that learns real text on 2 CPU cores in ~15 min;
+  * 'cpu'    — a 0.86M-parameter model, window 256, that learns real text on 2 CPU cores;
   * 'smoke'  — a tiny model on the synthetic copy task, under 2 minutes on a 2-core CPU.
 A preset with a shorter window scales the strategy's latent counts and the buckets by
 window / 1024, so `fixed_512` always means "half the window" and the comparison keeps its shape.

@@ -51,9 +51,9 @@ def _score_fn(model, num_latents: int):
   """Jitted (summed nats, target count) of one batch of windows; cached per (model, N)."""
 
   @jax.jit
-  def score(params, window_BxW, mask_BxM, weights_BxN):
+  def score(variables, window_BxW, mask_BxM, weights_BxN):
     logits = models.forward_logits(
-      model, params, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
+      model, variables, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
     )
     out = losses.cross_entropy_loss(logits, window_BxW, num_latents, weights_BxS=weights_BxN)
     return out.nats * out.num_targets, out.num_targets
@@ -63,7 +63,7 @@ def _score_fn(model, num_latents: int):
 
 def bits_per_byte(
   model,
-  params,
+  variables,
   stream: np.ndarray,
   *,
   num_latents: int,
@@ -104,7 +104,7 @@ def bits_per_byte(
   total_nats, total_count = 0.0, 0.0
   for start in range(0, len(windows), batch):
     chunk = [a[start : start + batch][rows] for a in (windows, input_mask, weights)]
-    nats, count = score(params, *(parallel.global_batch(a, mesh) for a in chunk))
+    nats, count = score(variables, *(parallel.global_batch(a, mesh) for a in chunk))
     total_nats += float(nats)
     total_count += float(count)
   expected = len(stream) - 1
@@ -126,7 +126,10 @@ def latent_counts_to_score(config: Any) -> list[int]:
 
 def format_table(rows: list[dict]) -> str:
   """A markdown table of evaluation rows."""
-  lines = ['| split | latents | bits/byte | targets | seconds |', '|---|---:|---:|---:|---:|']
+  lines = [
+    '| split | latents | bits/byte | targets | seconds (incl. compile) |',
+    '|---|---:|---:|---:|---:|',
+  ]
   for r in rows:
     lines.append(
       f'| {r["split"]} | {r["num_latents"]} | {r["bits"]:.4f} | '
@@ -146,7 +149,7 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   config_lib.validate(config)
   e = config.eval
-  model, params, step = state.restore_params(config, workdir, e.checkpoint_step)
+  model, variables, step = state.restore_params(config, workdir, e.checkpoint_step)
   dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
   mesh = parallel.make_mesh()
   rows = []
@@ -156,7 +159,7 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
       start = time.perf_counter()
       result = bits_per_byte(
         model,
-        params,
+        variables,
         stream,
         num_latents=n,
         batch_size=e.batch_size,

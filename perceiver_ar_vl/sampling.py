@@ -489,10 +489,10 @@ def sample_from_workdir(config, workdir: str) -> str:
   from perceiver_ar_vl import state  # noqa: PLC0415 (state imports the model zoo)
 
   s = config.sample
-  model, params, _ = state.restore_params(config, workdir, config.eval.checkpoint_step)
+  model, variables, _ = state.restore_params(config, workdir, config.eval.checkpoint_step)
   text = generate_text(
     model,
-    params,
+    variables,
     s.prompt,
     length=s.length,
     num_latents=s.num_latents or config.latents.max,

@@ -76,7 +76,11 @@ def abstract_train_state(config: ml_collections.ConfigDict, model, mesh) -> Trai
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int = -1):
-  """The model and its variables from `workdir`'s checkpoint `step` (-1: the latest)."""
+  """(model, variables, step) from `workdir`'s checkpoint `step` (-1: the latest).
+
+  `variables` is the dict `model.apply` takes ({'params': ...}): TrainState.params holds
+  the whole of what `model.init` returned.
+  """
   model = config_lib.create_model(config)
   mesh = parallel.make_mesh()
   mngr = checkpoints.manager(workdir, create=False)
