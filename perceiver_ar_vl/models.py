@@ -178,8 +178,14 @@ class PerceiverAR(_Backbone):
     bucket: int | None = None,
     input_mask: jax.Array | None = None,
     deterministic: bool = True,
-  ) -> jax.Array:
-    """Logits [batch, bucket, vocab] for the last `bucket` positions; last N slots active."""
+    return_keys_values: bool = False,
+  ):
+    """Logits [batch, bucket, vocab] for the last `bucket` positions; last N slots active.
+
+    With `return_keys_values`, returns (logits, keys_values): one (k, v) pair per layer, the
+    cross-attend's over all M positions [B, M, H, K] first, then each latent layer's over the
+    B slots [B, B, H, K] (what a decoding cache keeps).
+    """
     valid_BxM = self._check_window(tokens_BxM, input_mask)
     batch, context = tokens_BxM.shape
     bucket = check_latents(num_latents, bucket, context)
@@ -197,23 +203,21 @@ class PerceiverAR(_Backbone):
       )
       key_ok_BxM = key_ok_BxM & ~(is_prefix_BxM & drop_BxM)
     mask_BxBxM = causal_mask(slot_positions_BxB, positions_BxM, key_ok_BxM)
-    z_BxBxD = self.cross_attend(
-      x_BxMxD[:, context - bucket :],
-      x_BxMxD,
-      slot_positions_BxB,
-      positions_BxM,
-      mask_BxBxM,
-      deterministic,
+    keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_BxM)]
+    z_BxBxD = self.cross_attend.attend(
+      x_BxMxD[:, context - bucket :], slot_positions_BxB, *keys_values[0], mask_BxBxM, deterministic
     )
 
     # Latent self-attention: inactive slots and invalid positions are never keys.
     latent_ok_BxB = active_BxB & valid_BxM[:, context - bucket :]
     mask_BxBxB = causal_mask(slot_positions_BxB, slot_positions_BxB, latent_ok_BxB)
     for block in self.latent_blocks:
-      z_BxBxD = block(
-        z_BxBxD, z_BxBxD, slot_positions_BxB, slot_positions_BxB, mask_BxBxB, deterministic
+      keys_values.append(block.keys_values(z_BxBxD, slot_positions_BxB))
+      z_BxBxD = block.attend(
+        z_BxBxD, slot_positions_BxB, *keys_values[-1], mask_BxBxB, deterministic
       )
-    return self.logits(z_BxBxD)
+    logits = self.logits(z_BxBxD)
+    return (logits, keys_values) if return_keys_values else logits
 
 
 class Transformer(_Backbone):
@@ -228,17 +232,28 @@ class Transformer(_Backbone):
     self.blocks = [self._block(f'layer_{i}') for i in range(self.num_layers)]
 
   def __call__(
-    self, tokens_BxM: jax.Array, input_mask: jax.Array | None = None, deterministic: bool = True
-  ) -> jax.Array:
-    """Logits [batch, M, vocab], one per window position."""
+    self,
+    tokens_BxM: jax.Array,
+    input_mask: jax.Array | None = None,
+    deterministic: bool = True,
+    return_keys_values: bool = False,
+  ):
+    """Logits [batch, M, vocab], one per window position.
+
+    With `return_keys_values`, returns (logits, keys_values): one (k, v) pair [B, M, H, K]
+    per layer (what a decoding cache keeps).
+    """
     valid_BxM = self._check_window(tokens_BxM, input_mask)
     batch, context = tokens_BxM.shape
     positions_BxM = jnp.broadcast_to(jnp.arange(context), (batch, context))
     x_BxMxD = self.embed_tokens(tokens_BxM, positions_BxM)
     mask_BxMxM = causal_mask(positions_BxM, positions_BxM, valid_BxM)
+    keys_values = []
     for block in self.blocks:
-      x_BxMxD = block(x_BxMxD, x_BxMxD, positions_BxM, positions_BxM, mask_BxMxM, deterministic)
-    return self.logits(x_BxMxD)
+      keys_values.append(block.keys_values(x_BxMxD, positions_BxM))
+      x_BxMxD = block.attend(x_BxMxD, positions_BxM, *keys_values[-1], mask_BxMxM, deterministic)
+    logits = self.logits(x_BxMxD)
+    return (logits, keys_values) if return_keys_values else logits
 
 
 def forward_logits(

@@ -175,38 +175,27 @@ def _window_indices(context_len, batch: int, window: int) -> jax.Array:
 # ------------------------------------------------------------------ Perceiver AR cache
 
 
-def _perceiver_prefill(module, window_BxM, context_len, num_latents: int, capacity: int):
+def _perceiver_prefill(model, variables, window_BxM, context_len, num_latents: int, capacity: int):
   """Full pass at `num_latents` latents over the window; fills a `PerceiverCache`.
 
-  The same computation as `PerceiverAR.__call__` at bucket = num_latents, keeping the
-  keys/values it makes. Returns (logits [B, vocab] of the last position, cache).
+  Returns (logits [B, vocab] of the last position, cache). Rotary positions are 0..M-1 as in
+  the uncached window; `origin` maps them back to sequence indices.
   """
   batch, window = window_BxM.shape
-  index_BxM = _window_indices(context_len, batch, window)
-  origin = context_len - window
-  pos_BxM = index_BxM - origin  # = 0..M-1, as in the uncached window
-  valid_BxM = index_BxM >= 0
-  x_BxMxD = module.embed_tokens(window_BxM, pos_BxM)
-  cross_k, cross_v = module.cross_attend.keys_values(x_BxMxD, pos_BxM)
-
-  first = window - num_latents
-  latent_pos_BxN = pos_BxM[:, first:]
-  mask_BxNxM = models.causal_mask(latent_pos_BxN, pos_BxM, valid_BxM)
-  z_BxNxD = module.cross_attend.attend(
-    x_BxMxD[:, first:], latent_pos_BxN, cross_k, cross_v, mask_BxNxM
+  valid_BxM = _window_indices(context_len, batch, window) >= 0
+  logits_BxNxV, keys_values = model.apply(
+    variables, window_BxM, num_latents, input_mask=valid_BxM, return_keys_values=True
   )
-  mask_BxNxN = models.causal_mask(latent_pos_BxN, latent_pos_BxN, valid_BxM[:, first:])
+  (cross_k, cross_v), *latent_kv = keys_values
   pad = ((0, 0), (0, capacity - num_latents), (0, 0), (0, 0))
-  latent_k, latent_v = [], []
-  for block in module.latent_blocks:
-    k_BxNxHxK, v_BxNxHxK = block.keys_values(z_BxNxD, latent_pos_BxN)
-    z_BxNxD = block.attend(z_BxNxD, latent_pos_BxN, k_BxNxHxK, v_BxNxHxK, mask_BxNxN)
-    latent_k.append(jnp.pad(k_BxNxHxK, pad))
-    latent_v.append(jnp.pad(v_BxNxHxK, pad))
   cache = PerceiverCache(
-    cross_k, cross_v, tuple(latent_k), tuple(latent_v), jnp.asarray(origin, jnp.int32)
+    cross_k,
+    cross_v,
+    tuple(jnp.pad(k, pad) for k, _ in latent_kv),
+    tuple(jnp.pad(v, pad) for _, v in latent_kv),
+    jnp.asarray(context_len - window, jnp.int32),
   )
-  return module.logits(z_BxNxD[:, -1]), cache
+  return logits_BxNxV[:, -1], cache
 
 
 def _perceiver_extend(module, cache: PerceiverCache, token_B, context_len, num_latents):
@@ -247,22 +236,19 @@ def _perceiver_extend(module, cache: PerceiverCache, token_B, context_len, num_l
 # ------------------------------------------------------------------ Transformer cache
 
 
-def _transformer_prefill(module, window_BxM, context_len):
+def _transformer_prefill(model, variables, window_BxM, context_len):
   """Full pass over the window; returns (logits [B, vocab] of the last position, cache)."""
   batch, window = window_BxM.shape
-  index_BxM = _window_indices(context_len, batch, window)
-  origin = context_len - window
-  pos_BxM = index_BxM - origin
-  x_BxMxD = module.embed_tokens(window_BxM, pos_BxM)
-  mask_BxMxM = models.causal_mask(pos_BxM, pos_BxM, index_BxM >= 0)
-  ks, vs = [], []
-  for block in module.blocks:
-    k_BxMxHxK, v_BxMxHxK = block.keys_values(x_BxMxD, pos_BxM)
-    x_BxMxD = block.attend(x_BxMxD, pos_BxM, k_BxMxHxK, v_BxMxHxK, mask_BxMxM)
-    ks.append(k_BxMxHxK)
-    vs.append(v_BxMxHxK)
-  cache = TransformerCache(tuple(ks), tuple(vs), jnp.asarray(origin, jnp.int32))
-  return module.logits(x_BxMxD[:, -1]), cache
+  valid_BxM = _window_indices(context_len, batch, window) >= 0
+  logits_BxMxV, keys_values = model.apply(
+    variables, window_BxM, input_mask=valid_BxM, return_keys_values=True
+  )
+  cache = TransformerCache(
+    tuple(k for k, _ in keys_values),
+    tuple(v for _, v in keys_values),
+    jnp.asarray(context_len - window, jnp.int32),
+  )
+  return logits_BxMxV[:, -1], cache
 
 
 def _transformer_extend(module, cache: TransformerCache, token_B, context_len):
@@ -332,16 +318,11 @@ def _decode_step(
       model, variables, window_BxM, context_len, num_latents, max_latents
     )
   elif mode == 'reset' and perceiver:
-    logits_BxV, cache = model.apply(
-      variables,
-      window_BxM,
-      context_len,
-      reset_latents(max_latents),
-      max_latents,
-      method=_perceiver_prefill,
+    logits_BxV, cache = _perceiver_prefill(
+      model, variables, window_BxM, context_len, reset_latents(max_latents), max_latents
     )
   elif mode == 'reset':
-    logits_BxV, cache = model.apply(variables, window_BxM, context_len, method=_transformer_prefill)
+    logits_BxV, cache = _transformer_prefill(model, variables, window_BxM, context_len)
   elif perceiver:
     logits_BxV, cache = model.apply(
       variables, cache, token_B, context_len, num_latents, method=_perceiver_extend
