@@ -28,3 +28,69 @@ class MLP(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
+  def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(
+        f'Unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}.'
+      )
+    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32, name='fc_in')(x_BxSxD)
+    h = ACTIVATIONS[self.activation](h)
+    return nn.Dense(x_BxSxD.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name='fc_out')(h)
+
+
+class AttentionBlock(nn.Module):
+  """x_q += Dropout(Attn(LN(x_q), LN'(x_kv))); x_q += Dropout(MLP(LN(x_q))).
+
+  `cross=True` gives the cross-attend block (separate LayerNorms for queries and for
+  keys/values); `cross=False` a self-attention block (one LayerNorm for both).
+  """
+
+  num_heads: int
+  d_model: int
+  mlp_dim: int
+  cross: bool = False
+  dropout_rate: float = 0.0
+  activation: str = 'gelu'
+  rotary_fraction: float = 0.5
+  max_wavelength: float = 10_000.0
+  use_rotary: bool = True
+  attention_impl: AttentionImpl = 'einsum'
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.ln_q = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)
+    self.ln_kv = (
+      nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32) if self.cross else self.ln_q
+    )
+    self.attention = MultiHeadAttention(
+      num_heads=self.num_heads,
+      d_model=self.d_model,
+      rotary_fraction=self.rotary_fraction,
+      max_wavelength=self.max_wavelength,
+      use_rotary=self.use_rotary,
+      attention_impl=self.attention_impl,
+      dtype=self.dtype,
+    )
+    self.ln_mlp = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)
+    self.mlp = MLP(self.mlp_dim, self.activation, self.dtype)
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def keys_values(self, x_kv_BxTxD: jax.Array, positions_BxT: jax.Array):
+    """Keys and values [B, T, H, K] of the (normalised) key/value stream."""
+    return self.attention.keys_values(self.ln_kv(x_kv_BxTxD), positions_BxT)
+
+  def attend(
+    self,
+    x_q_BxSxD: jax.Array,
+    positions_BxS: jax.Array,
+    k_BxTxHxK: jax.Array,
+    v_BxTxHxK: jax.Array,
+    mask_BxSxT: jax.Array,
+    deterministic: bool = True,
+  ):
+    """The block's output for the query stream, given keys/values and a [B, S, T] mask."""
+    q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
+    h = self.attention.attend(q, k_BxTxHxK, v_BxTxHxK, mask_BxSxT)
+    x = x_q_BxSxD + self.dropout(h, deterministic=deterministic)
+    h = self.mlp(self.ln_mlp(x))
+    return x + self.dropout(h, deterministic=deterministic)
