@@ -1,0 +1,165 @@
+"""Multi-process training through JAX's multi-controller runtime (`jax.distributed`) on CPU.
+
+Two `launch.py` processes with one CPU device each (2 global devices, cross-process
+collectives over gloo) train the same run as one process with 2 simulated devices: the global
+batch and the N schedule are identical by construction, so every step's loss, the checkpoints
+and the final parameters must match.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from perceiver_ar_vl import checkpoints, config_lib, metrics
+from perceiver_ar_vl import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+# Tiny run: one latent bucket (N is drawn uniformly in [4, 8], all in bucket 8), so each
+# process compiles one train_step; checkpoints at steps 3 and 6.
+OVERRIDES = {
+  'train.steps': STEPS,
+  'train.log_every': 1,
+  'train.checkpoint_every': 3,
+  'train.eval_max_bytes': 128,
+  'model.max_context': 32,
+  'model.num_heads': 2,
+  'model.d_model': 16,
+  'model.mlp_dim': 32,
+  'latents.min': 4,
+  'latents.max': 8,
+  'latents.buckets': (8, 32),
+  'eval.max_bytes': 128,
+  'eval.latents_sweep': (8,),
+}
+TIMEOUT_S = 240  # for all three processes together; about 30 s on an idle 2-core CPU
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(devices_per_process: int) -> dict:
+  """CPU only, with `devices_per_process` host devices (conftest forces 2 for this process)."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('JAX_NUM_CPU_DEVICES', None)
+  flags = [
+    f
+    for f in env.get('XLA_FLAGS', '').split()
+    if not f.startswith('--xla_force_host_platform_device_count')
+  ]
+  if devices_per_process > 1:
+    flags.append(f'--xla_force_host_platform_device_count={devices_per_process}')
+  env['XLA_FLAGS'] = ' '.join(flags)
+  return env
+
+
+def _launch(workdir, log_path, env, *extra_flags) -> subprocess.Popen:
+  cmd = [
+    sys.executable,
+    os.path.join(REPO, 'launch.py'),
+    f'--config={os.path.join(REPO, "configs", "uniform.py")}:smoke',
+    f'--workdir={workdir}',
+    *(f'--config.{key}={value}' for key, value in OVERRIDES.items()),
+    *extra_flags,
+  ]
+  with open(log_path, 'w') as log:
+    return subprocess.Popen(
+      cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, stdin=subprocess.DEVNULL
+    )
+
+
+def _tail(path, chars: int = 3000) -> str:
+  with open(path) as f:
+    return f'--- {os.path.basename(path)} ---\n{f.read()[-chars:]}'
+
+
+def _step_records(workdir) -> dict[int, dict]:
+  records = [r for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r]
+  by_step = {r['step']: r for r in records}
+  assert len(by_step) == len(records), 'a step was written twice (more than one writer?)'
+  return by_step
+
+
+def _config():
+  """The config launch.py builds from `configs/uniform.py:smoke` and OVERRIDES."""
+  config = config_lib.strategy_config('uniform', 'smoke')
+  config.update_from_flattened_dict(OVERRIDES)
+  return config
+
+
+def test_two_processes_train_exactly_like_one_process_with_two_devices(tmp_path):
+  multi, single = tmp_path / 'multi', tmp_path / 'single'
+  logs = [tmp_path / 'process_0.log', tmp_path / 'process_1.log', tmp_path / 'single.log']
+  coordinator = f'--coordinator_address=127.0.0.1:{_free_port()}'
+  procs = []
+  started = time.monotonic()
+  try:
+    for i in range(2):
+      procs.append(
+        _launch(multi, logs[i], _env(1), coordinator, '--num_processes=2', f'--process_id={i}')
+      )
+    # The reference runs alongside: the pair often waits on each other, so this costs little.
+    procs.append(_launch(single, logs[2], _env(2)))
+    for proc in procs:
+      proc.wait(timeout=max(TIMEOUT_S - (time.monotonic() - started), 1))
+  except subprocess.TimeoutExpired:
+    pytest.fail(
+      f'Training did not finish within {TIMEOUT_S} s.\n' + '\n'.join(_tail(p) for p in logs)
+    )
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  for proc, log in zip(procs, logs, strict=True):
+    assert proc.returncode == 0, _tail(log)
+
+  # Each process joined the runtime and saw one local of two global devices.
+  for i in range(2):
+    with open(logs[i]) as f:
+      assert f'Process {i} of 2, 1 local / 2 global devices.' in f.read(), _tail(logs[i])
+
+  # Checkpoints (written jointly by both processes) at steps 3 and 6.
+  mngr = checkpoints.manager(str(multi), create=False)
+  try:
+    assert sorted(mngr.all_steps()) == [3, STEPS]
+  finally:
+    mngr.close()
+
+  # Only process 0 writes metrics: one record per step, equal to the reference's.
+  got, want = _step_records(multi), _step_records(single)
+  assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+  steps = range(1, STEPS + 1)
+  assert [got[s]['num_latents'] for s in steps] == [want[s]['num_latents'] for s in steps]
+  assert len({got[s]['num_latents'] for s in steps}) > 1  # N varies from step to step
+  for key in ('loss', 'grad_norm'):
+    np.testing.assert_allclose(
+      [got[s][key] for s in steps], [want[s][key] for s in steps], rtol=1e-5, atol=1e-6
+    )
+  bits = [
+    [
+      r['validation_bits_per_byte']
+      for r in metrics.read_jsonl(os.path.join(w, 'metrics.jsonl'))
+      if 'validation_bits_per_byte' in r
+    ]
+    for w in (multi, single)
+  ]
+  assert len(bits[0]) == 1
+  np.testing.assert_allclose(bits[0], bits[1], rtol=1e-5)
+
+  # The multi-process checkpoint restores here and holds the reference's parameters.
+  config = _config()
+  _, params, step = state_lib.restore_params(config, str(multi))
+  _, ref_params, ref_step = state_lib.restore_params(config, str(single))
+  assert step == ref_step == STEPS and jax.tree.leaves(params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
