@@ -12,6 +12,7 @@ window / 1024, so `fixed_512` always means "half the window" and the comparison 
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import ml_collections
 
 from perceiver_ar_vl import data, latents, models
@@ -205,7 +206,7 @@ def create_model(config: ml_collections.ConfigDict) -> models.PerceiverAR | mode
     rotary_fraction=m.rotary_fraction,
     max_wavelength=m.max_wavelength,
     attention_impl=m.attention_impl,
-    dtype={'float32': 'float32', 'bfloat16': 'bfloat16'}[m.dtype],
+    dtype=jnp.dtype(m.dtype),
   )
   if m.type == 'transformer':
     return models.Transformer(**kwargs)

@@ -225,3 +225,18 @@ def test_dropout_and_cross_attend_dropout_only_in_training():
     params, tokens, num_latents=8, deterministic=False, rngs={'dropout': jax.random.PRNGKey(1)}
   )
   assert not np.allclose(train, eval_a)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(perceiver):
+  model, params = perceiver
+  low = models.PerceiverAR(**TINY, dtype=jnp.bfloat16)
+  tokens = random_tokens(11)
+  assert all(
+    p.dtype == jnp.float32
+    for p in jax.tree.leaves(low.init(jax.random.PRNGKey(0), tokens, num_latents=8))
+  )
+  full = model.apply(params, tokens, num_latents=8)
+  half = low.apply(params, tokens, num_latents=8)
+  assert half.dtype == jnp.float32  # logits come back in float32 for the loss
+  assert not np.array_equal(half, full)  # the compute really ran in bfloat16
+  np.testing.assert_allclose(half, full, atol=0.1)
