@@ -35,10 +35,11 @@ def slow_reference_bits(model, params, stream, n, mode):
   if not ends or ends[-1] < length:
     ends.append(length)
   nll, scored = [], set()
+  apply = jax.jit(model.apply, static_argnames='num_latents')
   for e in ends:
     inputs = [int(stream[i]) if i >= 0 else 0 for i in range(e - 1 - M, e - 1)]
     mask = np.array([i >= 0 for i in range(e - 1 - M, e - 1)])
-    logits = model.apply(
+    logits = apply(
       params, jnp.asarray([inputs]), num_latents=n, input_mask=jnp.asarray(mask[None])
     )[0]
     for t in range(e - per_window, e):
@@ -57,7 +58,9 @@ def tiny_model():
   model = models.PerceiverAR(
     num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=M, dropout_rate=0.0
   )
-  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, M), jnp.int32), num_latents=1)
+  params = jax.jit(model.init, static_argnames='num_latents')(
+    jax.random.PRNGKey(0), jnp.zeros((1, M), jnp.int32), num_latents=1
+  )
   params = jax.tree.map(
     lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params
   )
