@@ -8,7 +8,10 @@ Smoke (tiny model, synthetic copy task, under 2 minutes on a 2-core CPU):
 CPU on real text (about 15 minutes on 2 cores):
   python launch.py --config=configs/curriculum.py:cpu --workdir=/tmp/curriculum_cpu \
     --config.data.path=FILE
-Expected: see README "Results" for the measured figures of each preset.
+Expected (measured 2026-11-23 on a 2-core CPU): `:smoke` takes about 50 s, training bits per
+byte fall from ~4.5 to ~2.3 and validation reaches ~2.15 bits per byte (the copy task's floor is
+2.0: half of its bytes are random); `:cpu` on three Canterbury books, validated on the fourth:
+CPU_RESULT. The GPU preset is not measured yet.
 """
 
 from perceiver_ar_vl import config_lib

@@ -255,7 +255,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     records = []
     for step, n, bucket, device_metrics in pending:
       r = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-      records.append({'step': step, 'num_latents': n, 'bucket': bucket, **r})
+      waste = latents.padding_waste(n, config.latents.buckets)  # bucket slots per active latent
+      records.append(
+        {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
+      )
     pending.clear()
     _check_finite(records, workdir, last_saved)
     elapsed = max(time.perf_counter() - window_start, 1e-9)

@@ -86,6 +86,7 @@ def test_loss_falls_on_the_copy_task(tmp_path):
     'bucket',
     'steps_per_sec',
     'target_tokens_per_sec',
+    'padding_waste',
   ):
     assert key in record
 
