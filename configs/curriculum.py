@@ -10,8 +10,9 @@ CPU on real text (about 15 minutes on 2 cores):
     --config.data.path=FILE
 Expected (measured 2026-11-23 on a 2-core CPU): `:smoke` takes about 50 s, training bits per
 byte fall from ~4.5 to ~2.3 and validation reaches ~2.15 bits per byte (the copy task's floor is
-2.0: half of its bytes are random); `:cpu` on three Canterbury books, validated on the fourth:
-CPU_RESULT. The GPU preset is not measured yet.
+2.0: half of its bytes are random); `:cpu` on three Canterbury books, validated on the fourth,
+trains 2000 steps in ~10 min, training bits per byte fall from 8.0 to ~2.0 and validation (the
+held-out book) from 3.85 at step 250 to ~3.28. The GPU preset is not measured yet.
 """
 
 from perceiver_ar_vl import config_lib
