@@ -1,6 +1,18 @@
-"""Tiny configs shared by the tests (CPU, seconds per run)."""
+"""Tiny models and configs shared by the tests (CPU, seconds per run)."""
 
 from perceiver_ar_vl import config_lib
+
+TINY_WINDOW = 48
+# A 3-layer, d_model 32 model: big enough to have a latent stack, small enough to compile fast.
+TINY_MODEL = dict(
+  vocab_size=256,
+  num_layers=3,
+  num_heads=4,
+  d_model=32,
+  mlp_dim=64,
+  max_context=TINY_WINDOW,
+  dropout_rate=0.0,
+)
 
 
 def tiny_config(strategy: str = 'curriculum', steps: int = 24, model_type: str = 'perceiver_ar'):

@@ -4,19 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import TINY_MODEL, TINY_WINDOW
 
 from perceiver_ar_vl import models
 
-TINY = dict(
-  vocab_size=256,
-  num_layers=3,
-  num_heads=4,
-  d_model=32,
-  mlp_dim=64,
-  max_context=48,
-  dropout_rate=0.0,
-)
-M = 48
+M = TINY_WINDOW
+TINY = TINY_MODEL
 
 
 class Jitted:
