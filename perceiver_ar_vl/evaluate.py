@@ -48,17 +48,25 @@ def block_windows(stream: np.ndarray, context: int, targets_per_window: int):
 
 @functools.lru_cache(maxsize=32)
 def _score_fn(model, num_latents: int):
-  """Jitted (summed nats, target count) of one batch of windows; cached per (model, N)."""
+  """Jitted per-slot (summed nats [N], target count [N]) of one batch of windows; cached per
+  (model, N)."""
 
   @jax.jit
   def score(variables, window_BxW, mask_BxM, weights_BxN):
     logits = models.forward_logits(
       model, variables, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
     )
-    out = losses.cross_entropy_loss(logits, window_BxW, num_latents, weights_BxS=weights_BxN)
-    return out.nats * out.num_targets, out.num_targets
+    nll_BxN, _ = losses.token_nll(logits, window_BxW)
+    return (nll_BxN * weights_BxN).sum(0), weights_BxN.sum(0)
 
   return score
+
+
+def position_ranges(context: int, num_latents: int, parts: int = 4) -> list[tuple[int, int]]:
+  """The ranges [a, b) of window positions, in quarters of the window, that hold latents."""
+  width = max(1, context // parts)
+  first = context - num_latents
+  return [(a, min(a + width, context)) for a in range(0, context, width) if a + width > first]
 
 
 def bits_per_byte(
@@ -101,17 +109,30 @@ def bits_per_byte(
     jax.process_index() * batch // jax.process_count(),
     (jax.process_index() + 1) * batch // jax.process_count(),
   )
-  total_nats, total_count = 0.0, 0.0
+  nats_N, count_N = np.zeros(num_latents), np.zeros(num_latents)
   for start in range(0, len(windows), batch):
     chunk = [a[start : start + batch][rows] for a in (windows, input_mask, weights)]
     nats, count = score(variables, *(parallel.global_batch(a, mesh) for a in chunk))
-    total_nats += float(nats)
-    total_count += float(count)
+    nats_N += np.asarray(nats, np.float64)
+    count_N += np.asarray(count, np.float64)
+  total_count = count_N.sum()
   expected = len(stream) - 1
   if int(round(total_count)) != expected:
     raise AssertionError(f'Scored {total_count} targets, expected {expected}.')
-  nats = total_nats / total_count
-  return {'bits': nats / math.log(2), 'nats': nats, 'num_targets': int(total_count)}
+  nats = nats_N.sum() / total_count
+  # Loss by the target's position in the window (how much context it had), as the original.
+  positions_N = np.arange(context - num_latents, context)
+  by_position = {}
+  for a, b in position_ranges(context, num_latents):
+    in_range = (positions_N >= a) & (positions_N < b)
+    if count_N[in_range].sum():
+      by_position[f'[{a},{b})'] = nats_N[in_range].sum() / count_N[in_range].sum() / math.log(2)
+  return {
+    'bits': nats / math.log(2),
+    'nats': nats,
+    'num_targets': int(round(total_count)),
+    'bits_by_position': by_position,
+  }
 
 
 def default_num_latents(config: Any) -> int:
@@ -143,7 +164,8 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   Prints a table and writes `eval.json` in the workdir: {'checkpoint_step', 'mode',
   'max_bytes', 'results': [{'split', 'num_latents', 'bits', 'nats', 'num_targets',
-  'seconds'}]}. Returns the same dict.
+  'bits_by_position', 'seconds'}]}, where 'bits_by_position' maps ranges '[a,b)' of the
+  target's window position (quarters of the window) to bits per byte. Returns the same dict.
   """
   from perceiver_ar_vl import config_lib, data, state  # noqa: PLC0415 (avoid import cycles)
 

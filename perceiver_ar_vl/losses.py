@@ -37,6 +37,15 @@ def active_slots(bucket: int, num_latents) -> jax.Array:
   return jnp.arange(bucket) >= bucket - num_latents
 
 
+def token_nll(logits_BxSxV: jax.Array, window_BxW: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-slot next-token negative log-likelihood [B, S] (nats) and log-partition [B, S]."""
+  targets_BxS = next_token_targets(window_BxW, logits_BxSxV.shape[1])
+  logits_BxSxV = logits_BxSxV.astype(jnp.float32)
+  log_z_BxS = jax.nn.logsumexp(logits_BxSxV, axis=-1)
+  target_logit_BxS = jnp.take_along_axis(logits_BxSxV, targets_BxS[..., None], axis=-1)[..., 0]
+  return log_z_BxS - target_logit_BxS, log_z_BxS
+
+
 def cross_entropy_loss(
   logits_BxSxV: jax.Array,
   window_BxW: jax.Array,
@@ -56,11 +65,7 @@ def cross_entropy_loss(
     weights_BxS: optional 0/1 weights (e.g. to skip padded targets).
   """
   bucket = logits_BxSxV.shape[1]
-  targets_BxS = next_token_targets(window_BxW, bucket)
-  logits_BxSxV = logits_BxSxV.astype(jnp.float32)
-  log_z_BxS = jax.nn.logsumexp(logits_BxSxV, axis=-1)
-  target_logit_BxS = jnp.take_along_axis(logits_BxSxV, targets_BxS[..., None], axis=-1)[..., 0]
-  nll_BxS = log_z_BxS - target_logit_BxS
+  nll_BxS, log_z_BxS = token_nll(logits_BxSxV, window_BxW)
   w_BxS = jnp.broadcast_to(active_slots(bucket, num_latents), nll_BxS.shape).astype(jnp.float32)
   if weights_BxS is not None:
     w_BxS = w_BxS * weights_BxS.astype(jnp.float32)

@@ -34,7 +34,7 @@ def slow_reference_bits(model, params, stream, n, mode):
   ends = list(range(1 + per_window, length + 1, per_window))
   if not ends or ends[-1] < length:
     ends.append(length)
-  nll, scored = [], set()
+  nll, scored, by_position = [], set(), {}
   apply = jax.jit(model.apply, static_argnames='num_latents')
   for e in ends:
     inputs = [int(stream[i]) if i >= 0 else 0 for i in range(e - 1 - M, e - 1)]
@@ -46,11 +46,16 @@ def slow_reference_bits(model, params, stream, n, mode):
       if t < 1 or t in scored:
         continue
       scored.add(t)
-      row = np.asarray(logits[n - (e - t)], np.float64)
+      slot = n - (e - t)
+      row = np.asarray(logits[slot], np.float64)
       log_z = np.log(np.exp(row - row.max()).sum()) + row.max()
       nll.append(log_z - row[stream[t]])
+      quarter = (M - n + slot) // (M // 4) * (M // 4)  # the target's window position, binned
+      by_position.setdefault(f'[{quarter},{quarter + M // 4})', []).append(nll[-1])
   assert scored == set(range(1, length))
-  return float(np.mean(nll)) / math.log(2)
+  return float(np.mean(nll)) / math.log(2), {
+    k: float(np.mean(v)) / math.log(2) for k, v in by_position.items()
+  }
 
 
 @pytest.fixture(scope='module')
@@ -73,7 +78,9 @@ def test_bits_per_byte_matches_slow_per_target_reference(tiny_model, n, mode):
   stream = np.random.default_rng(0).integers(0, 256, 45).astype(np.uint8)
   got = evaluate.bits_per_byte(model, params, stream, num_latents=n, batch_size=3, mode=mode)
   assert got['num_targets'] == 44
-  assert got['bits'] == pytest.approx(slow_reference_bits(model, params, stream, n, mode), rel=1e-5)
+  want_bits, want_by_position = slow_reference_bits(model, params, stream, n, mode)
+  assert got['bits'] == pytest.approx(want_bits, rel=1e-5)
+  assert got['bits_by_position'] == pytest.approx(want_by_position, rel=1e-5)
 
 
 def test_max_bytes_limits_the_scored_prefix(tiny_model):
