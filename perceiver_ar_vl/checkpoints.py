@@ -26,13 +26,11 @@ def manager(workdir: str, max_to_keep: int = 3, create: bool = True) -> ocp.Chec
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, wait: bool = False) -> None:
-  """Saves `state` at `step` (asynchronously unless `wait`); re-saving a step is a no-op."""
+def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """Saves `state` at `step` asynchronously; re-saving a step is a no-op."""
   if step in mngr.all_steps():
     return
   mngr.save(step, args=ocp.args.StandardSave(state))
-  if wait:
-    mngr.wait_until_finished()
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:

@@ -54,23 +54,23 @@ def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array):
   return model.init(rng, tokens, num_latents=1)
 
 
+def _new_state_fn(config: ml_collections.ConfigDict, model):
+  """rng -> a fresh TrainState (what both the real and the abstract state are traced from)."""
+  tx, _ = make_optimizer(config.train)
+  return lambda rng: TrainState.create(
+    apply_fn=model.apply, params=init_params(model, config, rng), tx=tx
+  )
+
+
 def create_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
   """A fresh, replicated TrainState."""
-  tx, _ = make_optimizer(config.train)
-
-  def make(rng):
-    return TrainState.create(apply_fn=model.apply, params=init_params(model, config, rng), tx=tx)
-
-  return jax.jit(make, out_shardings=parallel.replicated(mesh))(jax.random.PRNGKey(config.seed))
+  make = jax.jit(_new_state_fn(config, model), out_shardings=parallel.replicated(mesh))
+  return make(jax.random.PRNGKey(config.seed))
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
   """Shapes, dtypes and shardings of the TrainState, for restoring without allocating twice."""
-  tx, _ = make_optimizer(config.train)
-  make = lambda rng: TrainState.create(
-    apply_fn=model.apply, params=init_params(model, config, rng), tx=tx
-  )
-  shapes = jax.eval_shape(make, jax.random.PRNGKey(0))
+  shapes = jax.eval_shape(_new_state_fn(config, model), jax.random.PRNGKey(0))
   sharding = parallel.replicated(mesh)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
