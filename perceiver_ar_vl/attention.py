@@ -1,9 +1,7 @@
 """Multi-head attention with partial rotary position encoding and a switchable kernel.
 
-The attention kernel is chosen in exactly one place, `dot_product_attention`:
-  * ``'einsum'`` — a plain einsum/softmax path, the numerical reference;
-  * ``'xla'``    — `jax.nn.dot_product_attention` with XLA's implementation;
-  * ``'cudnn'``  — `jax.nn.dot_product_attention` with cuDNN flash attention (GPU only).
+The attention kernel is chosen in exactly one place, `attention_kernels.dot_product_attention`
+(einsum reference, XLA, cuDNN, chunked memory-efficient, or 'auto' per backend and shape).
 
 Parameters are always float32; `dtype` is the compute dtype (bfloat16 on GPU).
 Shapes: B batch, S query length, T key length, H heads, K head dim, D model dim.
@@ -11,14 +9,17 @@ Shapes: B batch, S query length, T key length, H heads, K head dim, D model dim.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-AttentionImpl = Literal['einsum', 'xla', 'cudnn']
-ATTENTION_IMPLS = ('einsum', 'xla', 'cudnn')
+from perceiver_ar_vl.attention_kernels import (  # noqa: F401 (re-exported)
+  ATTENTION_IMPLS,
+  AttentionImpl,
+  AttentionMask,
+  causal_mask,
+  dot_product_attention,
+)
 
 
 def rotary_dims(head_dim: int, fraction: float) -> int:
@@ -53,35 +54,6 @@ def apply_rotary(
   return jnp.concatenate([rotated.astype(x_BxTxHxK.dtype), x_pass], axis=-1)
 
 
-def dot_product_attention(
-  q_BxSxHxK: jax.Array,
-  k_BxTxHxK: jax.Array,
-  v_BxTxHxK: jax.Array,
-  mask_BxSxT: jax.Array,
-  impl: AttentionImpl = 'einsum',
-) -> jax.Array:
-  """softmax(q k^T / sqrt(K)) v over keys where `mask` is True. Returns [B, S, H, K].
-
-  Every query row must allow at least one key (the models guarantee it by letting each
-  position see itself), so no row is all -inf.
-  """
-  if impl == 'einsum':
-    scale = q_BxSxHxK.shape[-1] ** -0.5
-    logits_BxHxSxT = (
-      jnp.einsum('bshk,bthk->bhst', q_BxSxHxK, k_BxTxHxK, preferred_element_type=jnp.float32)
-      * scale
-    )
-    big_neg = jnp.finfo(jnp.float32).min
-    logits_BxHxSxT = jnp.where(mask_BxSxT[:, None], logits_BxHxSxT, big_neg)
-    probs_BxHxSxT = jax.nn.softmax(logits_BxHxSxT, axis=-1).astype(v_BxTxHxK.dtype)
-    return jnp.einsum('bhst,bthk->bshk', probs_BxHxSxT, v_BxTxHxK)
-  if impl in ('xla', 'cudnn'):
-    return jax.nn.dot_product_attention(
-      q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask_BxSxT[:, None], implementation=impl
-    )
-  raise ValueError(f'Unknown attention_impl {impl!r}; choose one of {ATTENTION_IMPLS}.')
-
-
 class MultiHeadAttention(nn.Module):
   """Projections to heads, rotary on q and k, the attention kernel, output projection.
 
@@ -94,7 +66,7 @@ class MultiHeadAttention(nn.Module):
   rotary_fraction: float = 0.5
   max_wavelength: float = 10_000.0
   use_rotary: bool = True
-  attention_impl: AttentionImpl = 'einsum'
+  attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -125,14 +97,12 @@ class MultiHeadAttention(nn.Module):
     return self._rotate(self.key(x_BxTxD), positions_BxT), self.value(x_BxTxD)
 
   def attend(
-    self, q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, mask_BxSxT: jax.Array
+    self, q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, mask: AttentionMask
   ) -> jax.Array:
     """Attention over the given keys/values, projected back to [B, S, D]."""
-    out_BxSxHxK = dot_product_attention(
-      q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxSxT, self.attention_impl
-    )
+    out_BxSxHxK = dot_product_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask, self.attention_impl)
     return self.out(out_BxSxHxK)
 
-  def __call__(self, x_q_BxSxD, x_kv_BxTxD, q_positions_BxS, kv_positions_BxT, mask_BxSxT):
+  def __call__(self, x_q_BxSxD, x_kv_BxTxD, q_positions_BxS, kv_positions_BxT, mask: AttentionMask):
     k, v = self.keys_values(x_kv_BxTxD, kv_positions_BxT)
-    return self.attend(self.queries(x_q_BxSxD, q_positions_BxS), k, v, mask_BxSxT)
+    return self.attend(self.queries(x_q_BxSxD, q_positions_BxS), k, v, mask)

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from perceiver_ar_vl.attention import AttentionImpl, MultiHeadAttention
+from perceiver_ar_vl.attention import AttentionImpl, AttentionMask, MultiHeadAttention
 
 ACTIVATIONS = {
   'gelu': nn.gelu,
@@ -54,7 +54,7 @@ class AttentionBlock(nn.Module):
   rotary_fraction: float = 0.5
   max_wavelength: float = 10_000.0
   use_rotary: bool = True
-  attention_impl: AttentionImpl = 'einsum'
+  attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -85,12 +85,12 @@ class AttentionBlock(nn.Module):
     positions_BxS: jax.Array,
     k_BxTxHxK: jax.Array,
     v_BxTxHxK: jax.Array,
-    mask_BxSxT: jax.Array,
+    mask: AttentionMask,
     deterministic: bool = True,
   ):
-    """The block's output for the query stream, given keys/values and a [B, S, T] mask."""
+    """The block's output for the query stream, given keys/values and their mask."""
     q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
-    h = self.attention.attend(q, k_BxTxHxK, v_BxTxHxK, mask_BxSxT)
+    h = self.attention.attend(q, k_BxTxHxK, v_BxTxHxK, mask)
     x = x_q_BxSxD + self.dropout(h, deterministic=deterministic)
     h = self.mlp(self.ln_mlp(x))
     return x + self.dropout(h, deterministic=deterministic)

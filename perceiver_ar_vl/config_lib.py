@@ -44,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.position_encoding = 'rotary'  # rotary | absolute
   c.model.rotary_fraction = 0.5
   c.model.max_wavelength = 10_000.0
-  c.model.attention_impl = 'einsum'  # einsum | xla | cudnn
+  c.model.attention_impl = 'auto'  # auto | einsum | xla | cudnn | chunked
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
 
   c.latents = ml_collections.ConfigDict()

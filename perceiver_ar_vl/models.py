@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_ar_vl.attention import ATTENTION_IMPLS, AttentionImpl
+from perceiver_ar_vl.attention import ATTENTION_IMPLS, AttentionImpl, causal_mask
 from perceiver_ar_vl.blocks import ACTIVATIONS, AttentionBlock
 
 POSITION_ENCODINGS = ('rotary', 'absolute')
@@ -49,19 +49,6 @@ def check_latents(num_latents, bucket: int | None, context: int) -> int:
   return bucket
 
 
-def causal_mask(
-  q_positions_BxS: jax.Array, kv_positions_BxT: jax.Array, key_ok_BxT: jax.Array
-) -> jax.Array:
-  """[B, S, T]: key position <= query position and key usable, and always the query itself.
-
-  Letting each position see itself keeps every row non-empty (no NaN for padded queries)
-  without letting any valid query see an unusable key.
-  """
-  q = q_positions_BxS[:, :, None]
-  k = kv_positions_BxT[:, None, :]
-  return (k <= q) & (key_ok_BxT[:, None, :] | (k == q))
-
-
 class _Backbone(nn.Module):
   """Shared fields and the embedding of both models."""
 
@@ -76,7 +63,7 @@ class _Backbone(nn.Module):
   position_encoding: str = 'rotary'
   rotary_fraction: float = 0.5
   max_wavelength: float = 10_000.0
-  attention_impl: AttentionImpl = 'einsum'
+  attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
 
   def _check_fields(self):
@@ -202,19 +189,19 @@ class PerceiverAR(_Backbone):
         self.make_rng('dropout'), self.cross_attend_dropout, (batch, context)
       )
       key_ok_BxM = key_ok_BxM & ~(is_prefix_BxM & drop_BxM)
-    mask_BxBxM = causal_mask(slot_positions_BxB, positions_BxM, key_ok_BxM)
+    cross_mask = causal_mask(slot_positions_BxB, positions_BxM, key_ok_BxM)
     keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_BxM)]
     z_BxBxD = self.cross_attend.attend(
-      x_BxMxD[:, context - bucket :], slot_positions_BxB, *keys_values[0], mask_BxBxM, deterministic
+      x_BxMxD[:, context - bucket :], slot_positions_BxB, *keys_values[0], cross_mask, deterministic
     )
 
     # Latent self-attention: inactive slots and invalid positions are never keys.
     latent_ok_BxB = active_BxB & valid_BxM[:, context - bucket :]
-    mask_BxBxB = causal_mask(slot_positions_BxB, slot_positions_BxB, latent_ok_BxB)
+    latent_mask = causal_mask(slot_positions_BxB, slot_positions_BxB, latent_ok_BxB)
     for block in self.latent_blocks:
       keys_values.append(block.keys_values(z_BxBxD, slot_positions_BxB))
       z_BxBxD = block.attend(
-        z_BxBxD, slot_positions_BxB, *keys_values[-1], mask_BxBxB, deterministic
+        z_BxBxD, slot_positions_BxB, *keys_values[-1], latent_mask, deterministic
       )
     logits = self.logits(z_BxBxD)
     return (logits, keys_values) if return_keys_values else logits
@@ -247,11 +234,11 @@ class Transformer(_Backbone):
     batch, context = tokens_BxM.shape
     positions_BxM = jnp.broadcast_to(jnp.arange(context), (batch, context))
     x_BxMxD = self.embed_tokens(tokens_BxM, positions_BxM)
-    mask_BxMxM = causal_mask(positions_BxM, positions_BxM, valid_BxM)
+    mask = causal_mask(positions_BxM, positions_BxM, valid_BxM)
     keys_values = []
     for block in self.blocks:
       keys_values.append(block.keys_values(x_BxMxD, positions_BxM))
-      x_BxMxD = block.attend(x_BxMxD, positions_BxM, *keys_values[-1], mask_BxMxM, deterministic)
+      x_BxMxD = block.attend(x_BxMxD, positions_BxM, *keys_values[-1], mask, deterministic)
     logits = self.logits(x_BxMxD)
     return (logits, keys_values) if return_keys_values else logits
 

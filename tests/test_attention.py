@@ -35,7 +35,7 @@ def numpy_attention_layer(params, x_q, x_kv, q_pos, kv_pos, mask, fraction, wave
   return np.einsum('bshk,hkd->bsd', o, p['out']['kernel']) + p['out']['bias']
 
 
-@pytest.mark.parametrize('impl', ['einsum', 'xla'])
+@pytest.mark.parametrize('impl', ['einsum', 'xla', 'chunked', 'auto'])
 def test_attention_layer_matches_float64_reference(impl):
   rng = np.random.default_rng(0)
   b, s, t, d, h = 2, 5, 9, 32, 4
@@ -43,13 +43,16 @@ def test_attention_layer_matches_float64_reference(impl):
   x_kv = rng.normal(size=(b, t, d)).astype(np.float32)
   q_pos = np.broadcast_to(np.arange(t - s, t), (b, s))
   kv_pos = np.broadcast_to(np.arange(t), (b, t))
-  mask = (kv_pos[:, None, :] <= q_pos[:, :, None]) & (rng.random((b, 1, t)) > 0.3)
+  key_ok = rng.random((b, t)) > 0.3
+  mask = (kv_pos[:, None, :] <= q_pos[:, :, None]) & key_ok[:, None, :]
   mask |= kv_pos[:, None, :] == q_pos[:, :, None]
+  spec = attention.causal_mask(q_pos, kv_pos, key_ok)
+  np.testing.assert_array_equal(np.asarray(spec.dense()), mask)
   layer = attention.MultiHeadAttention(
     num_heads=h, d_model=d, rotary_fraction=0.5, max_wavelength=100.0, attention_impl=impl
   )
-  params = layer.init(jax.random.PRNGKey(1), x_q, x_kv, q_pos, kv_pos, mask)['params']
-  got = layer.apply({'params': params}, x_q, x_kv, q_pos, kv_pos, mask)
+  params = layer.init(jax.random.PRNGKey(1), x_q, x_kv, q_pos, kv_pos, spec)['params']
+  got = layer.apply({'params': params}, x_q, x_kv, q_pos, kv_pos, spec)
   want = numpy_attention_layer(
     params, x_q.astype(np.float64), x_kv.astype(np.float64), q_pos, kv_pos, mask, 0.5, 100.0
   )
@@ -85,4 +88,5 @@ def test_rotary_scores_depend_on_relative_position_only():
 def test_unknown_kernel_is_a_clear_error():
   x = jnp.zeros((1, 2, 1, 4))
   with pytest.raises(ValueError, match='attention_impl'):
-    attention.dot_product_attention(x, x, x, jnp.ones((1, 2, 2), bool), 'flash')
+    pos = jnp.zeros((1, 2), jnp.int32)
+    attention.dot_product_attention(x, x, x, attention.causal_mask(pos, pos, pos >= 0), 'flash')
