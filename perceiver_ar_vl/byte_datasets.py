@@ -38,6 +38,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from perceiver_ar_vl import errors
+
 SPLITS = ('train', 'validation', 'test')
 
 # Record size of the prepared splits. Module-level so tests can shrink it (it enters the
@@ -55,11 +57,11 @@ STANDARD_ENWIK8_SPLIT_BYTES = (90_000_000, 5_000_000, 5_000_000)
 _READ_BYTES = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(errors.UserError, RuntimeError):
   """The enwik8 archive could not be downloaded or failed its checksum."""
 
 
-class SourceError(ValueError):
+class SourceError(errors.UserError):
   """A local source file is not what the dataset expects (format, member, size, checksum)."""
 
 
@@ -138,16 +140,29 @@ class ByteSource:
     return h.hexdigest()
 
 
+def check_file(path: str, config_key: str = 'data.path') -> int:
+  """The size of `path` in bytes after checking it is an existing, non-empty regular file.
+
+  Raises:
+    errors.MissingFileError: no such path, or a directory.
+    errors.UserError: the file is empty.
+  """
+  hint = f'set --config.{config_key}=/path/to/file; separate several files with commas'
+  if os.path.isdir(path):
+    raise errors.MissingFileError(f'{config_key}: {path!r} is a directory, not a file ({hint}).')
+  if not os.path.isfile(path):
+    raise errors.MissingFileError(f'{config_key}: no such file {path!r} ({hint}).')
+  size = os.path.getsize(path)
+  if not size:
+    raise errors.UserError(f'{config_key}: {path!r} is empty; give a file that holds text.')
+  return size
+
+
 def file_source(paths: Sequence[str], config_key: str = 'data.path') -> ByteSource:
-  """Plain local files concatenated in order; FileNotFoundError names `config_key`."""
-  segments = []
-  for path in paths:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(
-        f'{config_key}: no such file {path!r} (set --config.{config_key}='
-        '/path/to/file; separate several files with commas).'
-      )
-    segments.append(_Segment(path=os.path.abspath(path), size=os.path.getsize(path)))
+  """Plain local files concatenated in order; errors name `config_key`."""
+  segments = [
+    _Segment(path=os.path.abspath(path), size=check_file(path, config_key)) for path in paths
+  ]
   return ByteSource(tuple(segments))
 
 
@@ -155,13 +170,13 @@ def enwik8_source(path: str, expected_size: int) -> ByteSource:
   """`enwik8` (raw) or `enwik8.zip` (with an `enwik8` member) as a source of `expected_size`.
 
   Raises:
-    FileNotFoundError: `path` does not exist.
+    errors.MissingFileError: `path` does not exist or is a directory.
     SourceError: not a zip archive although named .zip, no `enwik8` member, wrong size.
   """
   if not os.path.isfile(path):
-    raise FileNotFoundError(
-      f'data.path: no such file {path!r}; pass '
-      '--config.data.path=/path/to/enwik8.zip (or the unzipped enwik8).'
+    what = f'{path!r} is a directory' if os.path.isdir(path) else f'no such file {path!r}'
+    raise errors.MissingFileError(
+      f'data.path: {what}; pass --config.data.path=/path/to/enwik8.zip (or the unzipped enwik8).'
     )
   path = os.path.abspath(path)
   if zipfile.is_zipfile(path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from perceiver_ar_vl import data, latents, models
+from perceiver_ar_vl import data, errors, latents, models
 from perceiver_ar_vl.attention import ATTENTION_IMPLS
 
 MODEL_TYPES = ('perceiver_ar', 'transformer')
@@ -113,7 +113,10 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
   """Shrinks the config to a named scale; '' and 'gpu' keep the seed experiment."""
   preset = preset or ''
   if preset not in PRESETS:
-    raise ValueError(f'Unknown preset {preset!r}; choose one of {PRESETS[1:]} (or none).')
+    raise errors.UserError(
+      f'Unknown preset {preset!r}; choose one of {PRESETS[1:]} (or none), e.g. '
+      'configs/curriculum.py:smoke.'
+    )
   if preset == 'cpu':
     c.data.name = 'text_file'
     c.model.update(
@@ -168,7 +171,9 @@ STRATEGY_SPECS = {
 def strategy_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """The config of strategy `name` (a key of STRATEGY_SPECS) at preset `arg`."""
   if name not in STRATEGY_SPECS:
-    raise ValueError(f'Unknown strategy config {name!r}; choose one of {tuple(STRATEGY_SPECS)}.')
+    raise errors.UserError(
+      f'Unknown strategy config {name!r}; choose one of {tuple(STRATEGY_SPECS)}.'
+    )
   return make_config(arg, name=name, **STRATEGY_SPECS[name])
 
 
@@ -215,48 +220,106 @@ def create_model(config: ml_collections.ConfigDict) -> models.PerceiverAR | mode
 
 def _choice(value, choices, key: str) -> None:
   if value not in choices:
-    raise ValueError(f'Unknown {key}={value!r}; choose one of {tuple(choices)}.')
+    raise errors.UserError(
+      f'Unknown {key}={value!r}; choose one of {tuple(choices)} (--config.{key}=...).'
+    )
+
+
+def _at_least(section: ml_collections.ConfigDict, name: str, keys: tuple[str, ...], low) -> None:
+  """Each `section[key]` must be >= low (e.g. a step count, a size)."""
+  for key in keys:
+    if section[key] < low:
+      raise errors.UserError(
+        f'{name}.{key} must be >= {low}, got {section[key]}; set --config.{name}.{key}.'
+      )
+
+
+def _check_latent_count(n: int, key: str, window: int, zero_ok: bool = False) -> None:
+  """A latent count in [1, M] (0 allowed when it means 'the training maximum')."""
+  if zero_ok and n == 0:
+    return
+  if not 1 <= n <= window:
+    default = ' (0 = the training maximum latents.max)' if zero_ok else ''
+    raise errors.UserError(
+      f'{key}={n} must be in [1, model.max_context={window}]{default}: a window of {window} '
+      'bytes holds at most that many latents.'
+    )
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks every setting that would otherwise fail deep inside JAX; returns the config."""
-  m, lat, t = config.model, config.latents, config.train
+  """Checks every setting that would otherwise fail deep inside JAX; returns the config.
+
+  Cheap (no JAX work): callers run it first so that a bad setting stops a run before it
+  compiles anything. Raises errors.UserError naming the key and what to change.
+  """
+  m, lat, t, e, s = config.model, config.latents, config.train, config.eval, config.sample
   _choice(m.type, MODEL_TYPES, 'model.type')
   _choice(m.dtype, DTYPES, 'model.dtype')
   _choice(m.attention_impl, ATTENTION_IMPLS, 'model.attention_impl')
   _choice(m.position_encoding, models.POSITION_ENCODINGS, 'model.position_encoding')
   _choice(config.data.name, data.NAMES, 'data.name')
   _choice(t.lr_schedule, LR_SCHEDULES, 'train.lr_schedule')
-  _choice(config.eval.mode, ('blocks', 'stride1'), 'eval.mode')
+  _choice(e.mode, ('blocks', 'stride1'), 'eval.mode')
+  for split in e.splits:
+    if split not in data.SPLITS:
+      raise errors.UserError(f'eval.splits holds {split!r}; choose from {data.SPLITS}.')
+  _at_least(m, 'model', ('num_layers', 'num_heads', 'd_model', 'mlp_dim'), 1)
+  _at_least(m, 'model', ('max_context',), 2)
   if m.d_model % m.num_heads:
-    raise ValueError(
+    raise errors.UserError(
       f'model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.'
     )
   if m.vocab_size < data.VOCAB_SIZE:
-    raise ValueError(f'model.vocab_size={m.vocab_size} cannot hold byte tokens; use >= 256.')
+    raise errors.UserError(
+      f'model.vocab_size={m.vocab_size} cannot hold byte tokens; use >= {data.VOCAB_SIZE}.'
+    )
   latents.validate_strategy(
     lat.strategy, lat.min, lat.max, lat.buckets, lat.schedule, max_context=m.max_context
   )
   if m.type == 'transformer' and lat.max != m.max_context:
-    raise ValueError(
+    raise errors.UserError(
       'The transformer baseline predicts every window position: set '
       f'latents.max = model.max_context = {m.max_context} (got {lat.max}).'
     )
-  for key in ('steps', 'batch_size', 'grad_accum_steps', 'log_every', 'checkpoint_every'):
-    if t[key] < 1:
-      raise ValueError(f'train.{key} must be >= 1, got {t[key]}.')
+  _at_least(
+    t,
+    'train',
+    ('steps', 'batch_size', 'grad_accum_steps', 'log_every', 'checkpoint_every'),
+    1,
+  )
+  _at_least(t, 'train', ('keep_checkpoints',), 1)
+  _at_least(t, 'train', ('warmup_steps', 'eval_every', 'eval_max_bytes'), 0)
   if t.batch_size % t.grad_accum_steps:
-    raise ValueError(
+    raise errors.UserError(
       f'train.batch_size={t.batch_size} must be divisible by '
-      f'train.grad_accum_steps={t.grad_accum_steps}.'
+      f'train.grad_accum_steps={t.grad_accum_steps} (each step splits the batch into that '
+      'many equal microbatches); change one of them.'
     )
-  for key in ('num_latents',):
-    n = config.eval[key]
-    if n and not 1 <= n <= m.max_context:
-      raise ValueError(f'eval.{key}={n} must be in [1, model.max_context={m.max_context}].')
-  for n in config.eval.latents_sweep:
+  _check_latent_count(e.num_latents, 'eval.num_latents', m.max_context, zero_ok=True)
+  for n in e.latents_sweep:
     if not 1 <= n <= m.max_context:
-      raise ValueError(
-        f'eval.latents_sweep holds {n}, outside [1, model.max_context={m.max_context}].'
+      raise errors.UserError(
+        f'eval.latents_sweep holds {n}, outside [1, model.max_context={m.max_context}]; '
+        'drop it from the sweep.'
       )
+  _at_least(e, 'eval', ('batch_size',), 1)
+  _at_least(e, 'eval', ('max_bytes',), 0)
+  if e.checkpoint_step < -1:
+    raise errors.UserError(
+      f'eval.checkpoint_step={e.checkpoint_step}: use a saved step, or -1 for the latest.'
+    )
+  _check_latent_count(s.num_latents, 'sample.num_latents', m.max_context, zero_ok=True)
+  _at_least(s, 'sample', ('length',), 1)
+  if s.temperature < 0:
+    raise errors.UserError(
+      f'sample.temperature={s.temperature} must be >= 0 (0 means greedy, 1 samples the '
+      'model as is).'
+    )
+  if s.top_k < 0:
+    raise errors.UserError(f'sample.top_k={s.top_k} must be >= 0 (0 keeps every byte).')
+  if not 0 < s.top_p <= 1:
+    raise errors.UserError(
+      f'sample.top_p={s.top_p} must be in (0, 1] (1 keeps every byte; 0.9 keeps the most '
+      'likely bytes that hold 90% of the probability).'
+    )
   return config

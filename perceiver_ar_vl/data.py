@@ -39,7 +39,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from perceiver_ar_vl import byte_datasets
+from perceiver_ar_vl import byte_datasets, errors
 
 VOCAB_SIZE = 256
 NAMES = ('enwik8', 'text_file', 'copy')
@@ -172,7 +172,7 @@ class PreparedByteDataset(ByteDataset):
     self._cache: dict[str, np.ndarray] = {}
     for split in SPLITS:
       if self._num_bytes[split] < window:
-        raise ValueError(
+        raise errors.UserError(
           f'{description}: the {split} split has {self._num_bytes[split]:,} bytes, fewer than '
           f'the window of {window} bytes (model context + 1): the file is too short for the '
           'window; use a longer file or a smaller window.'
@@ -268,34 +268,38 @@ def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 
     seed: seeds the copy task's fixed validation / test streams (file datasets ignore it).
 
   Raises:
-    ValueError: unknown name / copy_mode, bad copy_vocab or window, a split shorter than W.
-    FileNotFoundError: a file in data.path / data.heldout_path does not exist.
+    errors.UserError: unknown name / copy_mode, bad copy_vocab or window, an empty file, a split
+      shorter than W.
+    errors.MissingFileError: a file in data.path / data.heldout_path does not exist (also a
+      FileNotFoundError).
     byte_datasets.SourceError: an enwik8 path that is not the standard file or archive.
     byte_datasets.DownloadError: enwik8 with no data.path and the download fails.
   """
   name = _get(data_config, 'name')
   if name not in NAMES:
-    raise ValueError(f'Unknown data.name {name!r}; choose one of {NAMES}.')
+    raise errors.UserError(f'Unknown data.name {name!r}; choose one of {NAMES}.')
   if not isinstance(window, int | np.integer) or window < 2:
-    raise ValueError(f'window must be an integer >= 2, got {window!r}.')
+    raise errors.UserError(f'window must be an integer >= 2, got {window!r}.')
   window = int(window)
   path = str(_get(data_config, 'path') or '').strip()
   heldout = str(_get(data_config, 'heldout_path') or '').strip()
   if heldout and name != 'text_file':
-    raise ValueError(
+    raise errors.UserError(
       f'data.heldout_path is only used by data.name=text_file, not {name!r}; leave it empty.'
     )
 
   if name == 'copy':
     mode = _get(data_config, 'copy_mode')
     if mode not in COPY_MODES:
-      raise ValueError(f'Unknown data.copy_mode {mode!r}; choose one of {COPY_MODES}.')
+      raise errors.UserError(f'Unknown data.copy_mode {mode!r}; choose one of {COPY_MODES}.')
     vocab = _get(data_config, 'copy_vocab')
     if not isinstance(vocab, int | np.integer) or not 2 <= vocab <= VOCAB_SIZE:
-      raise ValueError(f'data.copy_vocab must be an integer in [2, {VOCAB_SIZE}], got {vocab!r}.')
+      raise errors.UserError(
+        f'data.copy_vocab must be an integer in [2, {VOCAB_SIZE}], got {vocab!r}.'
+      )
     length = _get(data_config, 'copy_length')
     if not isinstance(length, int | np.integer) or length < 0:
-      raise ValueError(
+      raise errors.UserError(
         f'data.copy_length must be an integer >= 0 (0 = the window), got {length!r}.'
       )
     return CopyDataset(window, mode=mode, vocab=int(vocab), seed=seed, length=int(length))
@@ -313,9 +317,45 @@ def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 
 
   paths = [p.strip() for p in path.split(',')]
   if not path or not all(paths):
-    raise ValueError(
+    raise errors.UserError(
       f'data.path={path!r}: text_file needs --config.data.path=/path/to/file '
       '(several files separated by commas, no empty entries).'
     )
+  _check_text_sizes(paths, heldout, window)
   builder = byte_datasets.byte_file_builder(data_dir, paths, heldout)
   return PreparedByteDataset(builder, window, f'data.path={path!r}')
+
+
+def _check_text_sizes(paths: list[str], heldout: str, window: int) -> None:
+  """Checks that the text files exist and every split holds a window, before any preparing.
+
+  Raises:
+    errors.MissingFileError: a path is missing or a directory.
+    errors.UserError: a file is empty, or a split would be shorter than `window` bytes.
+  """
+  total = sum(byte_datasets.check_file(p, 'data.path') for p in paths)
+  if heldout:
+    held = byte_datasets.check_file(heldout, 'data.heldout_path')
+    sizes = dict(zip(SPLITS, (total, held // 2, held - held // 2), strict=True))
+    for split, size in sizes.items():
+      if size < window:
+        key = 'data.path' if split == 'train' else 'data.heldout_path'
+        need = window if split == 'train' else 2 * window
+        raise errors.UserError(
+          f'{key}: the {split} split has {size:,} bytes, fewer than the window of {window} '
+          f'bytes (model context + 1): the file is too short for the window; give {key} at '
+          f'least {need:,} bytes or lower model.max_context.'
+        )
+    return
+  sizes = dict(zip(SPLITS, byte_datasets.text_split_sizes(total), strict=True))
+  short = [split for split, size in sizes.items() if size < window]
+  if short:
+    need = 20 * window - 20  # validation and test get 5% each
+    while min(byte_datasets.text_split_sizes(need)) < window:
+      need += 1
+    raise errors.UserError(
+      f'data.path={",".join(paths)!r} has {total:,} bytes, so its {short[0]} split (5%) '
+      f'has {sizes[short[0]]:,}, fewer than the window of {window} bytes (model context + 1): '
+      f'the file is too short for the window; give at least {need:,} bytes, or lower '
+      'model.max_context, or pass a separate data.heldout_path.'
+    )

@@ -9,7 +9,8 @@ plots.
   python -m perceiver_ar_vl.experiments --preset=gpu --out=results/gpu --data_path=enwik8.zip
 
 Every run lives in `<out>/<strategy>` and resumes if interrupted; a finished run is not
-retrained, so re-running the command only rebuilds the report.
+retrained, so re-running the command only rebuilds the report. A user error (unknown
+strategy, bad data path, ...) prints one line `error: ...` and exits with status 2.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from perceiver_ar_vl import (
   config_lib,
+  errors,
   evaluate,
   latents,
   metrics,
@@ -273,11 +275,20 @@ def run_experiment(
 ) -> str:
   """Runs every strategy at the preset's equal budget and writes the report into `out`."""
   if preset not in EXPERIMENT_PRESETS:
-    raise ValueError(f'Unknown preset {preset!r}; choose one of {tuple(EXPERIMENT_PRESETS)}.')
-  os.makedirs(out, exist_ok=True)
-  results, memory = [], {}
-  for name in strategies:
-    config = experiment_config(
+    raise errors.UserError(f'Unknown preset {preset!r}; choose one of {tuple(EXPERIMENT_PRESETS)}.')
+  unknown = [name for name in strategies if name not in STRATEGIES]
+  if unknown or not strategies:
+    raise errors.UserError(
+      f'--strategies={",".join(strategies)}: unknown strategy {unknown[0]!r}; '
+      f'choose from {",".join(STRATEGIES)}.'
+      if unknown
+      else f'--strategies is empty; choose from {",".join(STRATEGIES)}.'
+    )
+  if steps < 0:
+    raise errors.UserError(f'--steps={steps} must be >= 0 (0 = the preset budget).')
+  # Every run's config first, so a bad strategy name or setting stops before any training.
+  configs = [
+    experiment_config(
       name,
       preset,
       steps=steps,
@@ -285,6 +296,11 @@ def run_experiment(
       heldout_path=heldout_path,
       eval_max_bytes=eval_max_bytes,
     )
+    for name in strategies
+  ]
+  os.makedirs(out, exist_ok=True)
+  results, memory = [], {}
+  for name, config in zip(strategies, configs, strict=True):
     logging.info('=== %s: %d steps ===', name, config.train.steps)
     result = run_strategy(config, os.path.join(out, name))
     results.append(result)
@@ -302,9 +318,27 @@ def run_experiment(
 FLAGS = flags.FLAGS
 
 
+# Config keys that this command sets from its own flags: user errors name the flag instead.
+_FLAG_FOR_KEY = {
+  '--config.data.path': '--data_path',
+  '--config.data.heldout_path': '--heldout_path',
+  '--config.eval.max_bytes': '--eval_max_bytes',
+}
+
+
 def main(argv):
   del argv
   metrics.quiet_orbax_logs()
+  try:
+    _run_from_flags()
+  except errors.UserError as e:
+    message = str(e)
+    for key, flag in _FLAG_FOR_KEY.items():
+      message = message.replace(key, flag)
+    raise errors.UserError(message) from e
+
+
+def _run_from_flags() -> None:
   run_experiment(
     FLAGS.preset,
     FLAGS.out,
@@ -337,4 +371,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('heldout_path', '', 'config.data.heldout_path (text_file validation/test).')
   flags.DEFINE_integer('eval_max_bytes', 0, 'Bytes scored per split (0 = the preset default).')
   flags.mark_flag_as_required('out')
-  app.run(main)
+  errors.run(main)

@@ -18,41 +18,60 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from perceiver_ar_vl import errors
+
 STRATEGIES = ('fixed', 'uniform', 'curriculum')
 SCHEDULES = ('linear', 'stepwise')
 
 
 def validate_buckets(buckets: Sequence[int], max_context: int | None = None) -> tuple[int, ...]:
   """Returns `buckets` as a tuple after checking they are sorted, positive and fit the window."""
-  buckets = tuple(int(b) for b in buckets)
+  try:
+    buckets = tuple(int(b) for b in buckets)
+  except (TypeError, ValueError):
+    raise errors.UserError(
+      f'latents.buckets must be a tuple of integers, got {buckets!r}; e.g. '
+      "--config.latents.buckets='(64,128,256)'."
+    ) from None
   if not buckets:
-    raise ValueError('latents.buckets is empty: give at least one bucket, e.g. (64, 128, 256).')
+    raise errors.UserError(
+      'latents.buckets is empty: give at least one bucket, e.g. '
+      "--config.latents.buckets='(64,128,256)'."
+    )
   if any(b < 1 for b in buckets):
-    raise ValueError(f'Buckets must be positive, got {buckets}.')
+    raise errors.UserError(
+      f'latents.buckets must be positive, got {buckets}; drop the entries below 1.'
+    )
   if list(buckets) != sorted(set(buckets)):
-    raise ValueError(
-      f'Buckets must be strictly increasing, got {buckets}; sort them and drop duplicates.'
+    raise errors.UserError(
+      f'latents.buckets must be strictly increasing, got {buckets}; sort them and drop '
+      f"duplicates: --config.latents.buckets='{_tuple_flag(sorted(set(buckets)))}'."
     )
   if max_context is not None and buckets[-1] > max_context:
-    raise ValueError(
-      f'Largest bucket {buckets[-1]} exceeds the window '
+    raise errors.UserError(
+      f'Largest bucket {buckets[-1]} of latents.buckets exceeds the window '
       f'model.max_context={max_context}; drop it or enlarge the window.'
     )
   return buckets
 
 
+def _tuple_flag(values: Sequence[int]) -> str:
+  """`(a,b,c)`: how a tuple is written in a --config override."""
+  return '(' + ','.join(str(v) for v in values) + (',)' if len(values) == 1 else ')')
+
+
 def bucket_for(n: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket >= n. Raises ValueError if n < 1 or no bucket can hold n."""
+  """The smallest bucket >= n. Raises UserError if n < 1 or no bucket can hold n."""
   buckets = validate_buckets(buckets)
   n = int(n)
   if n < 1:
-    raise ValueError(f'Number of latents must be >= 1, got {n}.')
+    raise errors.UserError(f'Number of latents must be >= 1, got {n}.')
   for b in buckets:
     if b >= n:
       return b
-  raise ValueError(
-    f'No bucket can hold {n} latents: the largest bucket is {buckets[-1]}. '
-    f'Add a bucket >= {n} to latents.buckets or lower the latent count.'
+  raise errors.UserError(
+    f'No bucket can hold {n} latents: the largest of latents.buckets={buckets} is '
+    f'{buckets[-1]}. Add a bucket >= {n} to latents.buckets or lower the latent count.'
   )
 
 
@@ -71,16 +90,19 @@ def validate_strategy(
 ) -> None:
   """Checks a strategy's settings, with a message that says what to change."""
   if strategy not in STRATEGIES:
-    raise ValueError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')
+    raise errors.UserError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')
   if schedule not in SCHEDULES:
-    raise ValueError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
+    raise errors.UserError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
   if not 1 <= min_latents <= max_latents:
-    raise ValueError(
-      f'Need 1 <= latents.min <= latents.max, got min={min_latents}, max={max_latents}.'
+    raise errors.UserError(
+      f'Need 1 <= latents.min <= latents.max, got min={min_latents}, max={max_latents}; '
+      'change latents.min or latents.max.'
     )
   if max_context is not None and max_latents > max_context:
-    raise ValueError(
-      f'latents.max={max_latents} exceeds the window model.max_context={max_context}.'
+    raise errors.UserError(
+      f'latents.max={max_latents} exceeds the window model.max_context={max_context}: '
+      f'there cannot be more latents than window positions; set latents.max <= {max_context} '
+      'or enlarge model.max_context.'
     )
   bucket_for(max_latents, validate_buckets(buckets, max_context))
 
@@ -114,5 +136,5 @@ def num_latents_at(
       stages.append(max_latents)
       stage = min(len(stages) - 1, int(progress * len(stages)))
       return int(stages[stage])
-    raise ValueError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
-  raise ValueError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')
+    raise errors.UserError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
+  raise errors.UserError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')

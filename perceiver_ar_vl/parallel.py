@@ -12,6 +12,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from perceiver_ar_vl import errors
+
 DATA_AXIS = 'data'
 
 
@@ -50,11 +52,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:
+  """The global batch is split evenly over every device: raises UserError if it cannot be."""
   devices = mesh.devices.size
   if global_batch % devices:
-    raise ValueError(
+    raise errors.UserError(
       f'train.batch_size={global_batch} must be divisible by the number of '
-      f'devices ({devices}); use a multiple of {devices}.'
+      f'devices ({devices}), which share it evenly; use a multiple of {devices}.'
     )
 
 

@@ -25,6 +25,7 @@ from perceiver_ar_vl import (
   checkpoints,
   config_lib,
   data,
+  errors,
   evaluate,
   latents,
   losses,
@@ -192,7 +193,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = parallel.make_mesh()
   parallel.check_batch_size(t.batch_size, mesh)
   if (t.batch_size // jax.process_count()) % t.grad_accum_steps:
-    raise ValueError('train.batch_size per process must be divisible by train.grad_accum_steps.')
+    raise errors.UserError(
+      f'train.batch_size={t.batch_size} over {jax.process_count()} processes leaves '
+      f'{t.batch_size // jax.process_count()} rows per process, not divisible by '
+      f'train.grad_accum_steps={t.grad_accum_steps}; change either.'
+    )
   model = config_lib.create_model(config)
   dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
   _write_config(config, workdir)
