@@ -4,10 +4,18 @@
   python launch.py --config=configs/curriculum.py:smoke --workdir=/tmp/x --mode=eval
   python launch.py --config=configs/curriculum.py:smoke --workdir=/tmp/x --mode=sample
 Overrides: --config.train.steps=100 --config.data.path=FILE ...
+
+A user error (a bad flag, config value, path, data file or checkpoint) prints one line
+`error: <what is wrong and what to change>` on stderr and exits with status 2, before any
+JAX work where it can; a bug keeps its traceback.
 """
 
-from absl import app, flags, logging
+import sys
+
+from absl import flags, logging
 from ml_collections import config_flags
+
+from perceiver_ar_vl import errors
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to do.')
@@ -29,15 +37,16 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from perceiver_ar_vl import metrics, parallel  # imported here: flags are parsed first
+  # Imported here: flags are parsed first.
+  from perceiver_ar_vl import config_lib, metrics, parallel
 
+  config = config_lib.validate(FLAGS.config)  # bad settings stop here, before any JAX work
   metrics.quiet_orbax_logs()
 
   if FLAGS.distributed or FLAGS.coordinator_address:
     parallel.initialize_distributed(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-  config = FLAGS.config
   logging.info('Config:\n%s', config)
   if FLAGS.mode == 'train':
     from perceiver_ar_vl import train
@@ -48,10 +57,33 @@ def main(argv):
 
     evaluate.evaluate(config, FLAGS.workdir)
   else:
-    from perceiver_ar_vl import sampling
+    print(sample(config, FLAGS.workdir))
 
-    print(sampling.sample_from_workdir(config, FLAGS.workdir))
+
+def sample(config, workdir: str) -> str:
+  """The prompt `config.sample.prompt` and the bytes sampled after it from `workdir`.
+
+  The model sees at most the window's M bytes: a longer prompt is cropped to its last M bytes
+  (with a one-line notice on stderr, as it is what gets printed). The model has no
+  start-of-text token, so an empty prompt samples from a single NUL byte (the padding value),
+  which is not printed.
+  """
+  from perceiver_ar_vl import sampling, state
+
+  state.checkpoint_step(workdir, config.eval.checkpoint_step)  # no checkpoint: stop here
+  prompt, window = config.sample.prompt, config.model.max_context
+  encoded = prompt.encode('utf-8')
+  if len(encoded) > window:
+    prompt = encoded[-window:].decode('utf-8', errors='ignore')  # drops a split character
+    print(
+      f'note: the prompt has {len(encoded)} bytes, more than the window of {window}; '
+      f'sampling from its last {len(prompt.encode("utf-8"))} bytes.',
+      file=sys.stderr,
+    )
+  start = '\0' if not prompt else ''
+  config.sample.prompt = start + prompt
+  return sampling.sample_from_workdir(config, workdir)[len(start) :]
 
 
 if __name__ == '__main__':
-  app.run(main)
+  errors.run(main)

@@ -171,8 +171,9 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
 
   config_lib.validate(config)
   e = config.eval
-  model, variables, step = state.restore_params(config, workdir, e.checkpoint_step)
+  state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
   dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
+  model, variables, step = state.restore_params(config, workdir, e.checkpoint_step)
   mesh = parallel.make_mesh()
   rows = []
   for split in e.splits:

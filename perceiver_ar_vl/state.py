@@ -75,19 +75,29 @@ def abstract_train_state(config: ml_collections.ConfigDict, model, mesh) -> Trai
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
+def checkpoint_step(workdir: str, step: int = -1) -> int:
+  """The saved step that `restore_params(config, workdir, step)` would restore (-1: the
+  latest); raises checkpoints.CheckpointError when there is none. Cheap: lists directories."""
+  mngr = checkpoints.manager(workdir, create=False)
+  try:
+    return checkpoints.resolve_step(mngr, None if step < 0 else step)
+  finally:
+    mngr.close()
+
+
 def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int = -1):
   """(model, variables, step) from `workdir`'s checkpoint `step` (-1: the latest).
 
   `variables` is the dict `model.apply` takes ({'params': ...}): TrainState.params holds
-  the whole of what `model.init` returned.
+  the whole of what `model.init` returned. A missing step or a checkpoint of another model
+  shape raises checkpoints.CheckpointError before anything is built.
   """
-  model = config_lib.create_model(config)
-  mesh = parallel.make_mesh()
   mngr = checkpoints.manager(workdir, create=False)
   try:
-    state = checkpoints.restore(
-      mngr, abstract_train_state(config, model, mesh), None if step < 0 else step
-    )
+    step = checkpoints.resolve_step(mngr, None if step < 0 else step)
+    model = config_lib.create_model(config)
+    abstract_state = abstract_train_state(config, model, parallel.make_mesh())
+    state = checkpoints.restore(mngr, abstract_state, step)
   finally:
     mngr.close()
   return model, state.params, int(state.step)
