@@ -7,15 +7,14 @@ plus the attention kernels and cached vs uncached sampling; printed as a table o
 All figures come from one run on one machine; on a shared CPU read the ratios, not the times.
 """
 
-import statistics
 import time
 
+import common
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, experiments, parallel, sampling, train
+from perceiver_ar_vl import config_lib, sampling
 from perceiver_ar_vl import state as state_lib
 
 flags.DEFINE_string('preset', 'cpu', 'Config preset whose model is measured (smoke, cpu, gpu).')
@@ -25,41 +24,10 @@ flags.DEFINE_string('dtype', 'float32', 'Compute dtype (float32 or bfloat16).')
 FLAGS = flags.FLAGS
 
 
-def time_train_step(config, bucket: int, impl: str = 'einsum') -> tuple[float, int]:
+def time_train_step(config, bucket: int, impl: str | None = None) -> tuple[float, int]:
   """Median seconds of one jitted train step at `bucket`, and its compiled memory in bytes."""
-  config = config_lib.validate(config.copy_and_resolve_references())
-  config.model.attention_impl = impl
-  model = config_lib.create_model(config)
-  mesh = parallel.make_mesh()
-  state = state_lib.create_train_state(config, model, mesh)
-  _, schedule = state_lib.make_optimizer(config.train)
-  step = jax.jit(
-    lambda s, w: train.train_step(
-      s,
-      w,
-      jnp.int32(bucket),
-      jax.random.PRNGKey(0),
-      model=model,
-      bucket=bucket,
-      z_loss=0.0,
-      grad_accum_steps=1,
-      schedule=schedule,
-    ),
-    donate_argnums=0,
-  )
-  window = jnp.asarray(
-    np.random.default_rng(0).integers(0, 256, (FLAGS.batch, config.model.max_context + 1)),
-    jnp.int32,
-  )
-  state, _ = step(state, window)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    state, m = step(state, window)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), experiments.train_step_memory(config, bucket)
+  stats = common.time_train_step(config, bucket, FLAGS.repeats, impl)
+  return stats.seconds, stats.total_bytes
 
 
 def time_sampling(config, cached: bool, length: int = 64) -> float:
@@ -106,7 +74,10 @@ def main(argv):
   einsum_seconds, _ = time_train_step(perceiver, bucket, 'einsum')
   print(f'\n| attention kernel (Perceiver AR, bucket {bucket}) | ms / step | vs einsum |')
   print('|---|---:|---:|')
-  for impl in ('einsum', 'xla') + (('cudnn',) if jax.default_backend() == 'gpu' else ()):
+  impls = ('einsum', 'xla', 'chunked', 'auto') + (
+    ('cudnn',) if jax.default_backend() == 'gpu' else ()
+  )
+  for impl in impls:
     seconds = einsum_seconds if impl == 'einsum' else time_train_step(perceiver, bucket, impl)[0]
     print(f'| {impl} | {1e3 * seconds:.1f} | {seconds / einsum_seconds:.2f} |')
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_ar_vl.attention import AttentionImpl, AttentionMask, MultiHeadAttention
+from perceiver_ar_vl.attention_kernels import projected_chunked_attention, resolve_impl
 
 ACTIVATIONS = {
   'gelu': nn.gelu,
@@ -91,6 +92,42 @@ class AttentionBlock(nn.Module):
     """The block's output for the query stream, given keys/values and their mask."""
     q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
     h = self.attention.attend(q, k_BxTxHxK, v_BxTxHxK, mask)
-    x = x_q_BxSxD + self.dropout(h, deterministic=deterministic)
+    return self._residual_and_mlp(x_q_BxSxD, h, deterministic)
+
+  def attend_to(
+    self,
+    x_q_BxSxD: jax.Array,
+    positions_BxS: jax.Array,
+    x_kv_BxTxD: jax.Array,
+    positions_BxT: jax.Array,
+    mask: AttentionMask,
+    deterministic: bool = True,
+  ):
+    """`attend(x_q, positions, *keys_values(x_kv, positions_kv), mask)`, the same function.
+
+    Where the attention kernel resolves to ``'chunked'``, the keys/values are made inside
+    the kernel (`projected_chunked_attention`), so the backward pass keeps no LayerNorm
+    output, no un-rotated keys and no full-size dk/dv: what a long window's memory needs.
+    """
+    q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
+    kv_shape = x_kv_BxTxD.shape[:2] + q.shape[2:]
+    if resolve_impl(self.attention_impl, q, jax.ShapeDtypeStruct(kv_shape, q.dtype)) != 'chunked':
+      k, v = self.keys_values(x_kv_BxTxD, positions_BxT)
+      return self._residual_and_mlp(x_q_BxSxD, self.attention.attend(q, k, v, mask), deterministic)
+    if self.is_initializing():  # create the key/value parameters that are read below
+      self.keys_values(x_kv_BxTxD[:, :1], positions_BxT[:, :1])
+    params = {
+      'ln': self.ln_kv.variables['params'],
+      'key': self.attention.key.variables['params'],
+      'value': self.attention.value.variables['params'],
+    }
+    rotary = (self.rotary_fraction, self.max_wavelength) if self.use_rotary else None
+    out_BxSxHxK = projected_chunked_attention(
+      q, x_kv_BxTxD, params, mask, rotary=rotary, dtype=self.dtype
+    )
+    return self._residual_and_mlp(x_q_BxSxD, self.attention.out(out_BxSxHxK), deterministic)
+
+  def _residual_and_mlp(self, x_q_BxSxD, h_BxSxD, deterministic: bool):
+    x = x_q_BxSxD + self.dropout(h_BxSxD, deterministic=deterministic)
     h = self.mlp(self.ln_mlp(x))
     return x + self.dropout(h, deterministic=deterministic)

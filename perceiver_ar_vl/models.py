@@ -190,10 +190,17 @@ class PerceiverAR(_Backbone):
       )
       key_ok_BxM = key_ok_BxM & ~(is_prefix_BxM & drop_BxM)
     cross_mask = causal_mask(slot_positions_BxB, positions_BxM, key_ok_BxM)
-    keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_BxM)]
-    z_BxBxD = self.cross_attend.attend(
-      x_BxMxD[:, context - bucket :], slot_positions_BxB, *keys_values[0], cross_mask, deterministic
-    )
+    x_q_BxBxD = x_BxMxD[:, context - bucket :]
+    if return_keys_values:
+      keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_BxM)]
+      z_BxBxD = self.cross_attend.attend(
+        x_q_BxBxD, slot_positions_BxB, *keys_values[0], cross_mask, deterministic
+      )
+    else:  # keys/values may be made inside a memory-efficient kernel: M can be long
+      keys_values = [None]
+      z_BxBxD = self.cross_attend.attend_to(
+        x_q_BxBxD, slot_positions_BxB, x_BxMxD, positions_BxM, cross_mask, deterministic
+      )
 
     # Latent self-attention: inactive slots and invalid positions are never keys.
     latent_ok_BxB = active_BxB & valid_BxM[:, context - bucket :]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from perceiver_ar_vl import attention_kernels as ak
-from perceiver_ar_vl import models
+from perceiver_ar_vl import chunked_attention, models
 
 
 def random_qkv(rng, b, s, t, h, k, dtype=jnp.float32):
@@ -73,8 +73,8 @@ def test_models_with_chunked_kernel_match_einsum_under_padding_and_traced_latent
 ):
   """Whole models, jitted with a traced N at a larger bucket, left-padded input: the chunked
   kernel's logits and parameter gradients equal the einsum reference's."""
-  monkeypatch.setattr(ak, 'DEFAULT_BLOCK_Q', 8)
-  monkeypatch.setattr(ak, 'DEFAULT_BLOCK_K', 8)
+  monkeypatch.setattr(chunked_attention, 'DEFAULT_BLOCK_Q', 8)
+  monkeypatch.setattr(chunked_attention, 'DEFAULT_BLOCK_K', 8)
   size = dict(num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=40, dropout_rate=0.0)
   rng = np.random.default_rng(4)
   tokens = jnp.asarray(rng.integers(0, 256, (2, 40)), jnp.int32)
