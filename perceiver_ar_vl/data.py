@@ -33,17 +33,21 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grain
 import numpy as np
-import tensorflow_datasets as tfds
 
-from perceiver_ar_vl import byte_datasets, errors
+from perceiver_ar_vl import errors
+
+# grain, tensorflow_datasets and byte_datasets (which imports both) are imported where they
+# are used: they take ~0.5 s to import, which config_lib (and so every command-line error
+# about a config value) would otherwise pay.
+if TYPE_CHECKING:
+  import tensorflow_datasets as tfds
 
 VOCAB_SIZE = 256
 NAMES = ('enwik8', 'text_file', 'copy')
-SPLITS = byte_datasets.SPLITS
+SPLITS = ('train', 'validation', 'test')  # the same as byte_datasets.SPLITS
 COPY_MODES = ('copy', 'mirror')
 COPY_EVAL_EXAMPLES = 64  # examples in each copy-task evaluation split
 DEFAULTS = {
@@ -123,6 +127,8 @@ class ByteDataset(abc.ABC):
     Yields the same arrays as calling train_batch step by step (in order), so resuming at
     `start_step` is exact.
     """
+    import grain
+
     _process_rows(start_step, batch_size, seed, process_index, process_count)  # validate early
     steps = grain.MapDataset.range(start_step, end_step)
     batches = steps.map(
@@ -158,6 +164,10 @@ class PreparedByteDataset(ByteDataset):
   """enwik8 / text_file: splits stored as fixed-size byte records, read with random access."""
 
   def __init__(self, builder: tfds.core.DatasetBuilder, window: int, description: str):
+    import grain
+
+    from perceiver_ar_vl import byte_datasets
+
     super().__init__(window)
     self.builder = builder
     self._chunk = builder.builder_config.chunk_bytes
@@ -304,6 +314,10 @@ def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 
       )
     return CopyDataset(window, mode=mode, vocab=int(vocab), seed=seed, length=int(length))
 
+  import tensorflow_datasets as tfds
+
+  from perceiver_ar_vl import byte_datasets
+
   data_dir = os.path.expanduser(
     str(_get(data_config, 'data_dir') or '') or tfds.core.constants.DATA_DIR
   )
@@ -333,6 +347,8 @@ def _check_text_sizes(paths: list[str], heldout: str, window: int) -> None:
     errors.MissingFileError: a path is missing or a directory.
     errors.UserError: a file is empty, or a split would be shorter than `window` bytes.
   """
+  from perceiver_ar_vl import byte_datasets
+
   total = sum(byte_datasets.check_file(p, 'data.path') for p in paths)
   if heldout:
     held = byte_datasets.check_file(heldout, 'data.heldout_path')

@@ -200,7 +200,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
   model = config_lib.create_model(config)
   dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
-  _write_config(config, workdir)
 
   mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints)
   start_step = mngr.latest_step() or 0
@@ -209,6 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info('Resumed from step %d in %s.', start_step, workdir)
   else:
     state = state_lib.create_train_state(config, model, mesh)
+  _write_config(config, workdir)  # after a restore: a mismatched config leaves the old one
   summary = {'start_step': start_step, 'final_step': start_step, 'compiles': {}, 'buckets_used': []}
   if start_step >= t.steps:
     logging.info('Run in %s already finished at step %d of %d.', workdir, start_step, t.steps)
