@@ -1,6 +1,8 @@
 """Test setup: CPU only, two simulated devices, float32 matmuls at full precision."""
 
+import concurrent.futures
 import os
+import subprocess
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 flags = os.environ.get('XLA_FLAGS', '')
@@ -8,6 +10,7 @@ if 'xla_force_host_platform_device_count' not in flags:
   os.environ['XLA_FLAGS'] = (flags + ' --xla_force_host_platform_device_count=2').strip()
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
@@ -16,3 +19,33 @@ _CACHE_DIR = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'perceiver_ar_vl_tes
 jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+@pytest.fixture(scope='session')
+def trained_launch_run(tmp_path_factory):
+  """A Future of the workdir of a 2-step `launch.py` run of `configs/curriculum.py:smoke`
+  with helpers.TINY_LAUNCH_ARGS (checkpoint at step 2).
+
+  It trains in a background subprocess from the moment a test asks for it, so a test can
+  start other subprocesses meanwhile; `.result()` waits and raises if training failed.
+  """
+  from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env
+
+  workdir = tmp_path_factory.mktemp('trained_launch_run')
+  command = launch_command(
+    f'--config={REPO}/configs/curriculum.py:smoke',
+    f'--workdir={workdir}',
+    '--config.train.steps=2',
+    *TINY_LAUNCH_ARGS,
+  )
+
+  def train() -> str:
+    run = subprocess.run(
+      command, capture_output=True, text=True, env=launch_env(), cwd=REPO, timeout=600
+    )
+    if run.returncode:
+      raise RuntimeError(f'training the shared launch.py run failed:\n{run.stderr[-3000:]}')
+    return str(workdir)
+
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    yield pool.submit(train)

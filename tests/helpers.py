@@ -1,6 +1,12 @@
-"""Tiny models and configs shared by the tests (CPU, seconds per run)."""
+"""Tiny models and configs shared by the tests (CPU, seconds per run), and how to run
+launch.py as a subprocess."""
+
+import os
+import sys
 
 from perceiver_ar_vl import config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_WINDOW = 48
 # A 3-layer, d_model 32 model: big enough to have a latent stack, small enough to compile fast.
@@ -41,3 +47,34 @@ def tiny_config(strategy: str = 'curriculum', steps: int = 24, model_type: str =
   c.eval.update(max_bytes=256, batch_size=4, latents_sweep=())
   c.sample.update(length=8)
   return c
+
+
+# launch.py overrides for a ~10k-parameter model (window 32) on the smoke preset's copy task:
+# a 2-step run takes seconds. Commands that restore its checkpoint must pass the same ones.
+TINY_LAUNCH_ARGS = (
+  '--config.model.num_layers=1',
+  '--config.model.num_heads=2',
+  '--config.model.d_model=16',
+  '--config.model.mlp_dim=16',
+  '--config.model.max_context=32',
+  '--config.latents.min=16',  # N = 16 from step 0: one train-step compile
+  '--config.latents.max=16',
+  '--config.latents.buckets=(8,16)',
+  '--config.train.batch_size=2',
+  '--config.train.log_every=1',
+  '--config.train.eval_max_bytes=256',
+  '--config.eval.latents_sweep=()',
+  '--config.eval.max_bytes=256',
+  '--config.sample.length=4',
+)
+
+
+def launch_command(*args: str, module: str = '') -> list[str]:
+  """`python launch.py ARGS` (or `python -m MODULE ARGS`), run from the repository root."""
+  entry = ['-m', module] if module else [os.path.join(REPO, 'launch.py')]
+  return [sys.executable, *entry, *args]
+
+
+def launch_env() -> dict[str, str]:
+  """The test environment for a subprocess: CPU only, conftest's two simulated devices."""
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu'}
