@@ -47,8 +47,9 @@ def _config_flag_names() -> list[str]:
   return [name for name in flags.FLAGS if is_config_flag(flags.FLAGS[name])]
 
 
-def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str:
-  """The sentence for an override of a config key that does not exist.
+def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str | None:
+  """The sentence for an override of a config key that does not exist; None when no override
+  in argv holds the key (then the error came from elsewhere, e.g. a bug in a config file).
 
   ml_collections raises a bare KeyError/AttributeError whose text is the bad key and maybe a
   'Did you mean "x"' hint; the override that holds the key is found in argv.
@@ -66,11 +67,12 @@ def _unknown_key_message(error: Exception, argv: Sequence[str]) -> str:
       if path.startswith(f'{name}.') and bad in path.split('.')[1:]:
         override = f'--{path}'
         break
-  where = f' in {override}' if override else ''
+  if not override:
+    return None
   suggestion = f' (did you mean {hint.group(1)!r}?)' if hint else ''
   return (
-    f'unknown config key {bad!r}{where}{suggestion}; check the spelling against the config '
-    'keys (perceiver_ar_vl/config_lib.py, base_config).'
+    f'unknown config key {bad!r} in {override}{suggestion}; check the spelling against the '
+    'config keys (perceiver_ar_vl/config_lib.py, base_config).'
   )
 
 
@@ -118,7 +120,7 @@ def _config_file_failed(name: str, path: str, error: Exception) -> NoReturn:
   fail(f'--{name}: could not load config file {path!r}: {_last_line(str(error))}')
 
 
-def _check_config_files(argv: Sequence[str]) -> None:
+def _check_config_files() -> None:
   """ml_collections defers a config file that failed to load until first use: report it now."""
   for name in _config_flag_names():
     flag = flags.FLAGS[name]
@@ -144,7 +146,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
       raise
     fail(message)
   except (KeyError, AttributeError) as e:  # ml_collections: an override of an unknown key
-    fail(_unknown_key_message(e, argv))
+    message = _unknown_key_message(e, argv)
+    if message is None:
+      raise
+    fail(message)
   except OSError as e:  # ml_collections: --config.x overrides on a config file that failed
     names = _config_flag_names() or ['config']
     _config_file_failed(names[0], _config_file_arg(names[0], argv), e)
@@ -153,7 +158,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
       f'a config override does not parse ({_last_line(str(e))}); check the value types, '
       "e.g. --config.latents.buckets='(8,16)' or --config.train.steps=100."
     )
-  _check_config_files(argv)
+  _check_config_files()
   return remaining
 
 
