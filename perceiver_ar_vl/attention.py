@@ -28,6 +28,10 @@ class MultiHeadAttention(nn.Module):
 
   Split into `queries`, `keys_values` and `attend` so that a decoding cache can keep the
   rotated keys and values of past positions and reuse them.
+
+  `shared_kv`: one projection serves as keys and values (v = the rotated k; ECP's authors'
+  choice). `segment0_out`: a second output projection `out_segment0` exists (ECP gives its
+  first segment its own).
   """
 
   num_heads: int
@@ -37,6 +41,8 @@ class MultiHeadAttention(nn.Module):
   use_rotary: bool = True
   attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
+  shared_kv: bool = False
+  segment0_out: bool = False
 
   def setup(self):
     if self.d_model % self.num_heads:
@@ -48,9 +54,12 @@ class MultiHeadAttention(nn.Module):
       (self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32, name=name
     )
     self.query, self.key, self.value = dense('query'), dense('key'), dense('value')
-    self.out = nn.DenseGeneral(
-      self.d_model, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name='out'
+    out = lambda name: nn.DenseGeneral(
+      self.d_model, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name=name
     )
+    self.out = out('out')
+    if self.segment0_out:
+      self.out_segment0 = out('out_segment0')
 
   def _rotate(self, x_BxTxHxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     if not self.use_rotary:
@@ -63,7 +72,8 @@ class MultiHeadAttention(nn.Module):
 
   def keys_values(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
     """Rotated keys and values, each [B, T, H, K]."""
-    return self._rotate(self.key(x_BxTxD), positions_BxT), self.value(x_BxTxD)
+    k_BxTxHxK = self._rotate(self.key(x_BxTxD), positions_BxT)
+    return k_BxTxHxK, k_BxTxHxK if self.shared_kv else self.value(x_BxTxD)
 
   def attend(
     self, q_BxSxHxK: jax.Array, k_BxTxHxK: jax.Array, v_BxTxHxK: jax.Array, mask: AttentionMask

@@ -57,6 +57,8 @@ class AttentionBlock(nn.Module):
   use_rotary: bool = True
   attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
+  shared_kv: bool = False  # see MultiHeadAttention
+  segment0_out: bool = False
 
   def setup(self):
     self.ln_q = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)
@@ -71,6 +73,8 @@ class AttentionBlock(nn.Module):
       use_rotary=self.use_rotary,
       attention_impl=self.attention_impl,
       dtype=self.dtype,
+      shared_kv=self.shared_kv,
+      segment0_out=self.segment0_out,
     )
     self.ln_mlp = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)
     self.mlp = MLP(self.mlp_dim, self.activation, self.dtype)
@@ -92,7 +96,7 @@ class AttentionBlock(nn.Module):
     """The block's output for the query stream, given keys/values and their mask."""
     q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
     h = self.attention.attend(q, k_BxTxHxK, v_BxTxHxK, mask)
-    return self._residual_and_mlp(x_q_BxSxD, h, deterministic)
+    return self.residual_and_mlp(x_q_BxSxD, h, deterministic)
 
   def attend_to(
     self,
@@ -111,9 +115,10 @@ class AttentionBlock(nn.Module):
     """
     q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
     kv_shape = x_kv_BxTxD.shape[:2] + q.shape[2:]
-    if resolve_impl(self.attention_impl, q, jax.ShapeDtypeStruct(kv_shape, q.dtype)) != 'chunked':
+    impl = resolve_impl(self.attention_impl, q, jax.ShapeDtypeStruct(kv_shape, q.dtype))
+    if impl != 'chunked' or self.shared_kv:
       k, v = self.keys_values(x_kv_BxTxD, positions_BxT)
-      return self._residual_and_mlp(x_q_BxSxD, self.attention.attend(q, k, v, mask), deterministic)
+      return self.residual_and_mlp(x_q_BxSxD, self.attention.attend(q, k, v, mask), deterministic)
     if self.is_initializing():  # create the key/value parameters that are read below
       self.keys_values(x_kv_BxTxD[:, :1], positions_BxT[:, :1])
     params = {
@@ -125,9 +130,10 @@ class AttentionBlock(nn.Module):
     out_BxSxHxK = projected_chunked_attention(
       q, x_kv_BxTxD, params, mask, rotary=rotary, dtype=self.dtype
     )
-    return self._residual_and_mlp(x_q_BxSxD, self.attention.out(out_BxSxHxK), deterministic)
+    return self.residual_and_mlp(x_q_BxSxD, self.attention.out(out_BxSxHxK), deterministic)
 
-  def _residual_and_mlp(self, x_q_BxSxD, h_BxSxD, deterministic: bool):
+  def residual_and_mlp(self, x_q_BxSxD: jax.Array, h_BxSxD: jax.Array, deterministic: bool):
+    """The rest of the block after attention: residual, then the MLP sub-block."""
     x = x_q_BxSxD + self.dropout(h_BxSxD, deterministic=deterministic)
     h = self.mlp(self.ln_mlp(x))
     return x + self.dropout(h, deterministic=deterministic)

@@ -5,8 +5,9 @@ denominator and weighted sum), never holding more than one [B, H, block_q, block
 block. Backward (`custom_vjp`): recomputes each block's probabilities from the saved
 log-sum-exp, so no per-block scores are stored; dq is accumulated in place and each key
 block's dk/dv are handed to a `finish` step once complete. Blocks that the causal mask hides
-entirely are skipped in both passes. The loops read blocks in place (dynamic slices of the
-[B, T, H, K] inputs), so the kernel adds no copy of the keys/values to a step's memory.
+entirely are skipped in both passes, and blocks it does not touch build no mask. The loops
+read blocks in place (dynamic slices of the [B, T, H, K] inputs), so the kernel adds no copy
+of the keys/values to a step's memory.
 
 Two entry points:
   * `chunked_attention(q, k, v, mask)` — attention over given keys/values;
@@ -90,14 +91,20 @@ def _write_block(x, value, index, size: int, axis: int = 1):
   return jax.lax.dynamic_update_slice_in_dim(x, value.astype(x.dtype), index * size, axis)
 
 
-def _block_visible(q_pos_Bxq, kv_pos_Bxk):
-  """False when the causal mask hides the whole block (every key after every query)."""
-  return jnp.min(kv_pos_Bxk) <= jnp.max(q_pos_Bxq)
+def _block_kind(q_pos_Bxq, kv_pos_Bxk, key_ok_Bxk):
+  """0: the causal mask hides the whole block (every key after every query); 1: it hides
+  nothing (every key usable and at or before every query: no mask to build, the common
+  case for a cross-attend's prefix); 2: partly masked."""
+  hidden = jnp.min(kv_pos_Bxk) > jnp.max(q_pos_Bxq)
+  full = (jnp.max(kv_pos_Bxk) <= jnp.min(q_pos_Bxq)) & jnp.all(key_ok_Bxk)
+  return jnp.where(hidden, 0, jnp.where(full, 1, 2))
 
 
-def _scores(q_BxqxHxK, k_BxkxHxK, q_pos_Bxq, kv_pos_Bxk, key_ok_Bxk):
-  """Masked float32 scores [B, H, q, k] of one block; hidden entries are -inf."""
+def _scores(q_BxqxHxK, k_BxkxHxK, q_pos_Bxq, kv_pos_Bxk, key_ok_Bxk, masked: bool = True):
+  """float32 scores [B, H, q, k] of one block; with `masked`, hidden entries are -inf."""
   s = jnp.einsum('bqhd,bkhd->bhqk', q_BxqxHxK, k_BxkxHxK, preferred_element_type=jnp.float32)
+  if not masked:
+    return s
   q = q_pos_Bxq[:, None, :, None]
   k = kv_pos_Bxk[:, None, None, :]
   allowed = (k <= q) & (key_ok_Bxk[:, None, None, :] | (k == q))
@@ -119,9 +126,9 @@ def _flash_forward(q, k, v, q_pos, kv_pos, key_ok, block_q: int, block_k: int):
       k_j, v_j = _block(k, j, block_k), _block(v, j, block_k)
       kv_pos_j, key_ok_j = _block(kv_pos, j, block_k), _block(key_ok, j, block_k)
 
-      def visit(carry):
+      def visit(carry, masked: bool = True):
         m, denom, acc = carry
-        s = _scores(q_i, k_j, q_pos_i, kv_pos_j, key_ok_j)
+        s = _scores(q_i, k_j, q_pos_i, kv_pos_j, key_ok_j, masked)
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.exp(s - m_new[..., None])
         correction = jnp.exp(m - m_new)
@@ -130,7 +137,8 @@ def _flash_forward(q, k, v, q_pos, kv_pos, key_ok, block_q: int, block_k: int):
         )
         return m_new, denom * correction + p.sum(-1), acc * correction[..., None] + pv
 
-      return jax.lax.cond(_block_visible(q_pos_i, kv_pos_j), visit, lambda c: c, carry)
+      branches = (lambda c: c, functools.partial(visit, masked=False), visit)
+      return jax.lax.switch(_block_kind(q_pos_i, kv_pos_j, key_ok_j), branches, carry)
 
     # -1e30 rather than -inf: a row whose keys so far are all hidden keeps exp(m - m_new) = 1.
     m0 = jnp.full((batch, heads, block_q), -1e30, jnp.float32)
@@ -170,8 +178,8 @@ def _flash_backward(
       q_i, do_i, q_pos_i = (_block(x, i, block_q) for x in (q, d_out, q_pos))
       lse_i, delta_i = _block(lse, i, block_q, 2), _block(delta_BxHxS, i, block_q, 2)
 
-      def visit():
-        s = _scores(q_i, k_j, q_pos_i, kv_pos_j, key_ok_j)
+      def visit(masked: bool):
+        s = _scores(q_i, k_j, q_pos_i, kv_pos_j, key_ok_j, masked)
         p = jnp.exp(s - lse_i[..., None])  # [B, H, q, k] float32
         f32 = dict(preferred_element_type=jnp.float32)
         dv = jnp.einsum('bhqk,bqhd->bkhd', p.astype(do_i.dtype), do_i, **f32)
@@ -183,7 +191,8 @@ def _flash_backward(
       def skip():
         return jnp.zeros(q_i.shape, jnp.float32), jnp.zeros_like(dk_j), jnp.zeros_like(dv_j)
 
-      dq_i, dk, dv = jax.lax.cond(_block_visible(q_pos_i, kv_pos_j), visit, skip)
+      branches = (skip, functools.partial(visit, masked=False), functools.partial(visit, True))
+      dq_i, dk, dv = jax.lax.switch(_block_kind(q_pos_i, kv_pos_j, key_ok_j), branches)
       dq = _write_block(dq, _block(dq, i, block_q) + dq_i, i, block_q)
       return dq, dk_j + dk, dv_j + dv
 

@@ -18,7 +18,9 @@ import ml_collections
 from perceiver_ar_vl import data, errors, latents, models
 from perceiver_ar_vl.attention import ATTENTION_IMPLS
 
-MODEL_TYPES = ('perceiver_ar', 'transformer')
+MODEL_TYPES = ('perceiver_ar', 'transformer', 'ecp')
+# Model types that score every window position (latents.max must equal the window).
+FULL_WINDOW_TYPES = ('transformer', 'ecp')
 DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('cosine', 'constant')
 PRESETS = ('', 'gpu', 'cpu', 'smoke')
@@ -31,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()
-  c.model.type = 'perceiver_ar'  # or 'transformer' (the decoder-only baseline)
+  c.model.type = 'perceiver_ar'  # or 'transformer' (the decoder-only baseline), 'ecp'
   c.model.vocab_size = 256
   c.model.num_layers = 6  # the cross-attend counts as layer 1
   c.model.num_heads = 8
@@ -46,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_wavelength = 10_000.0
   c.model.attention_impl = 'auto'  # auto | einsum | xla | cudnn | chunked
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  # ECP (model.type='ecp'; README "ECP"): segment length m (window / 8, as the authors' 8
+  # segments), and the authors' three choices, off by default (our standard attention).
+  c.model.ecp_segment_length = 128
+  c.model.ecp_shared_kv = False  # one projection as keys and values (K = V)
+  c.model.ecp_rotary_first_layer_only = False  # rotary on the full head dim, layer 0 only
+  c.model.ecp_segment0_out = False  # segment 0 gets its own attention output projection
 
   c.latents = ml_collections.ConfigDict()
   c.latents.strategy = 'fixed'  # fixed | uniform | curriculum
@@ -102,11 +110,13 @@ SEED_WINDOW = 1024
 
 
 def _scale_latents(c: ml_collections.ConfigDict) -> None:
-  """Rescales latent counts and buckets written for the seed window to `model.max_context`."""
+  """Rescales latent counts, buckets and the ECP segment length written for the seed window
+  to `model.max_context`."""
   factor = c.model.max_context / SEED_WINDOW
   scale = lambda n: max(1, int(round(n * factor)))
   c.latents.min, c.latents.max = scale(c.latents.min), scale(c.latents.max)
   c.latents.buckets = tuple(sorted({scale(b) for b in c.latents.buckets}))
+  c.model.ecp_segment_length = scale(c.model.ecp_segment_length)
 
 
 def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
@@ -165,6 +175,7 @@ STRATEGY_SPECS = {
   'transformer': dict(
     strategy='fixed', min_latents=1024, max_latents=1024, model_type='transformer'
   ),
+  'ecp': dict(strategy='fixed', min_latents=1024, max_latents=1024, model_type='ecp'),
 }
 
 
@@ -195,7 +206,9 @@ def make_config(
   return apply_preset(c, arg)
 
 
-def create_model(config: ml_collections.ConfigDict) -> models.PerceiverAR | models.Transformer:
+def create_model(
+  config: ml_collections.ConfigDict,
+) -> models.PerceiverAR | models.Transformer | models.ECP:
   """The linen module that `config.model` describes."""
   m = config.model
   kwargs = dict(
@@ -215,6 +228,14 @@ def create_model(config: ml_collections.ConfigDict) -> models.PerceiverAR | mode
   )
   if m.type == 'transformer':
     return models.Transformer(**kwargs)
+  if m.type == 'ecp':
+    return models.ECP(
+      **kwargs,
+      segment_length=m.ecp_segment_length,
+      ecp_shared_kv=m.ecp_shared_kv,
+      ecp_rotary_first_layer_only=m.ecp_rotary_first_layer_only,
+      ecp_segment0_out=m.ecp_segment0_out,
+    )
   return models.PerceiverAR(**kwargs, cross_attend_dropout=m.cross_attend_dropout)
 
 
@@ -276,10 +297,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   latents.validate_strategy(
     lat.strategy, lat.min, lat.max, lat.buckets, lat.schedule, max_context=m.max_context
   )
-  if m.type == 'transformer' and lat.max != m.max_context:
+  if m.type in FULL_WINDOW_TYPES and lat.max != m.max_context:
     raise errors.UserError(
-      'The transformer baseline predicts every window position: set '
+      f'The {m.type} model predicts every window position: set '
       f'latents.max = model.max_context = {m.max_context} (got {lat.max}).'
+    )
+  if m.type == 'ecp' and (m.ecp_segment_length < 1 or m.max_context % m.ecp_segment_length):
+    raise errors.UserError(
+      f'model.ecp_segment_length={m.ecp_segment_length} must divide the window '
+      f'model.max_context={m.max_context} into whole segments; pick a divisor (e.g. '
+      f'{max(1, m.max_context // 8)} for 8 segments).'
     )
   _at_least(
     t,

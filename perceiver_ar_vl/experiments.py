@@ -37,6 +37,7 @@ from perceiver_ar_vl import (
 from perceiver_ar_vl import state as state_lib
 
 STRATEGIES = tuple(config_lib.STRATEGY_SPECS)
+FULL_WINDOW_NAMES = {'transformer': 'Transformer', 'ecp': 'ECP'}
 # Per experiment preset: the config preset it starts from and its equal training budget.
 EXPERIMENT_PRESETS = {
   'smoke': dict(config_preset='smoke', steps=300, eval_every=60),
@@ -199,11 +200,10 @@ def write_report(
     '',
     'Compiled train-step memory by bucket (MiB): '
     + ', '.join(f'{b}: {m / 2**20:.1f}' for b, m in memory['perceiver_ar'])
-    + (
-      f'; Transformer (window {memory["transformer"][0][0]}): '
-      f'{memory["transformer"][0][1] / 2**20:.1f}'
-      if memory.get('transformer')
-      else ''
+    + ''.join(
+      f'; {FULL_WINDOW_NAMES[kind]} (window {memory[kind][0][0]}): {memory[kind][0][1] / 2**20:.1f}'
+      for kind in config_lib.FULL_WINDOW_TYPES
+      if memory.get(kind)
     ),
   ]
   markdown = '\n'.join(lines) + '\n'
@@ -244,9 +244,11 @@ def write_report(
   fig, ax = plt.subplots(figsize=(6, 4))
   buckets, mems = zip(*memory['perceiver_ar'], strict=True)
   ax.plot(buckets, [m / 2**20 for m in mems], marker='o', label='Perceiver AR train step')
-  if memory.get('transformer'):
-    ((window, mem),) = memory['transformer']
-    ax.scatter([window], [mem / 2**20], color='red', zorder=3, label='Transformer train step')
+  for kind, color in zip(config_lib.FULL_WINDOW_TYPES, ('red', 'green'), strict=True):
+    if memory.get(kind):
+      ((window, mem),) = memory[kind]
+      label = f'{FULL_WINDOW_NAMES[kind]} train step'
+      ax.scatter([window], [mem / 2**20], color=color, zorder=3, label=label)
   ax.set(
     xscale='log',
     xlabel='latent bucket (B)',
@@ -304,8 +306,8 @@ def run_experiment(
     logging.info('=== %s: %d steps ===', name, config.train.steps)
     result = run_strategy(config, os.path.join(out, name))
     results.append(result)
-    if config.model.type == 'transformer':
-      memory['transformer'] = [
+    if config.model.type in config_lib.FULL_WINDOW_TYPES:
+      memory[config.model.type] = [
         (config.model.max_context, train_step_memory(config, config.model.max_context))
       ]
     elif 'perceiver_ar' not in memory:

@@ -9,6 +9,8 @@ Counted: every matrix multiply of the forward pass at 2 FLOPs per multiply-add â
 Perceiver AR: the cross-attend has S = B (the latent bucket: every slot is computed, active or
 not) and T = M; each of the L-1 latent layers has S = T = B; logits for the B slots.
 Transformer: L layers with S = T = M; logits for all M positions.
+ECP (segments of m): L layers with S = M queries and T = 2m keys per query (the previous
+segment and its own; segment 0's empty previous segment is computed too); all M logits.
 A train step is 3x the forward FLOPs (the backward pass is two matmuls per forward matmul).
 Not counted: embeddings (gathers), LayerNorm, softmax, rotary, masks, the optimizer, and the
 scores recomputed by the chunked kernel's backward (a kernel choice, not model arithmetic).
@@ -36,12 +38,13 @@ def forward_flops(
   mlp_dim: int,
   context: int,
   num_latents: int | None = None,
+  segment_length: int | None = None,
   vocab_size: int = 256,
   batch: int = 1,
 ) -> int:
   """Forward FLOPs of `batch` windows of `context` bytes (see the module docstring).
 
-  `num_latents` is the bucket B for Perceiver AR (ignored by the Transformer).
+  `num_latents` is the bucket B for Perceiver AR, `segment_length` m for ECP.
   """
   if model_type == 'perceiver_ar':
     if num_latents is None or not 1 <= num_latents <= context:
@@ -52,8 +55,16 @@ def forward_flops(
   elif model_type == 'transformer':
     layers = num_layers * attention_layer_flops(context, context, d_model, mlp_dim)
     logits = context
+  elif model_type == 'ecp':
+    m = context if segment_length is None else segment_length
+    keys = m if m == context else 2 * m  # one segment has no previous one
+    # Projections of k/v cover the M positions once; scores and values 2m keys per query.
+    layer = attention_layer_flops(context, context, d_model, mlp_dim)
+    layer += 4 * context * (keys - context) * d_model
+    layers = num_layers * layer
+    logits = context
   else:
-    raise ValueError(f'Unknown model type {model_type!r}; choose perceiver_ar or transformer.')
+    raise ValueError(f'Unknown model type {model_type!r}; choose perceiver_ar, transformer or ecp.')
   return batch * (layers + 2 * logits * d_model * vocab_size)
 
 
@@ -68,6 +79,7 @@ def train_step_flops(config: ml_collections.ConfigDict, bucket: int, batch: int 
     mlp_dim=m.mlp_dim,
     context=m.max_context,
     num_latents=bucket,
+    segment_length=m.get('ecp_segment_length'),
     vocab_size=m.vocab_size,
     batch=config.train.batch_size if batch is None else batch,
   )

@@ -45,7 +45,7 @@ import numpy as np
 
 from perceiver_ar_vl import models
 
-Model = models.PerceiverAR | models.Transformer
+Model = models.PerceiverAR | models.Transformer | models.ECP
 
 
 class PerceiverCache(NamedTuple):
@@ -336,7 +336,7 @@ def _decode_step(
 
 def _modes(model: Model, length: int, num_latents: int, cached: bool) -> list[str]:
   """What each step does: 'uncached', or 'reset' / 'extend' of the cache."""
-  if not cached:
+  if not cached or isinstance(model, models.ECP):  # ECP has no decoding cache: see `sample`
     return ['uncached'] * length
   if isinstance(model, models.Transformer):
     return ['reset'] + ['extend'] * (length - 1)
@@ -348,8 +348,8 @@ def _modes(model: Model, length: int, num_latents: int, cached: bool) -> list[st
 
 
 def _check_arguments(model, prompt_BxP: np.ndarray, length: int, num_latents: int, cached: bool):
-  if not isinstance(model, (models.PerceiverAR, models.Transformer)):
-    raise TypeError(f'Can sample from PerceiverAR or Transformer, got {type(model).__name__}.')
+  if not isinstance(model, (models.PerceiverAR, models.Transformer, models.ECP)):
+    raise TypeError(f'Can sample from PerceiverAR, Transformer or ECP, got {type(model).__name__}.')
   if prompt_BxP.ndim != 2 or not np.issubdtype(prompt_BxP.dtype, np.integer):
     raise ValueError(
       f'prompt must be an integer array [batch, length], got {prompt_BxP.dtype} {prompt_BxP.shape}.'
@@ -367,7 +367,7 @@ def _check_arguments(model, prompt_BxP: np.ndarray, length: int, num_latents: in
       f'num_latents must be between 1 and the window model.max_context={model.max_context}, '
       f'got {num_latents}.'
     )
-  if cached and model.position_encoding != 'rotary':
+  if cached and model.position_encoding != 'rotary' and not isinstance(model, models.ECP):
     raise ValueError(
       f"Cached sampling needs position_encoding='rotary'; with "
       f"{model.position_encoding!r} every byte's window position changes each step, so "
@@ -392,7 +392,7 @@ def sample(
   """Generates `length` bytes after each row of the prompt.
 
   Args:
-    model: a `models.PerceiverAR` or `models.Transformer`.
+    model: a `models.PerceiverAR`, `models.Transformer` or `models.ECP`.
     variables: the model's variables ({'params': ...}).
     prompt_BxP: int array [batch, P >= 1]; rows share P. Only its last M bytes are seen.
     length: bytes to generate (>= 1).
@@ -401,7 +401,8 @@ def sample(
     temperature, top_k, top_p: see `filter_logits`; temperature 0 is greedy.
     seed: step t draws with jax.random.fold_in(jax.random.PRNGKey(seed), t).
     cached: keep keys/values between steps (see the module docstring) instead of rerunning
-      the whole window each byte. Needs rotary positions.
+      the whole window each byte. Needs rotary positions. ECP has no cache yet: it always
+      reruns the window (its segments' keys change as the window shifts).
     return_logits: also return the model's (unfiltered) logits of each step.
 
   Returns:

@@ -49,7 +49,7 @@ def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransfor
 def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array):
   """Parameters of `model` (their shapes do not depend on N)."""
   tokens = jnp.zeros((1, config.model.max_context), jnp.int32)
-  if config.model.type == 'transformer':
+  if config.model.type in config_lib.FULL_WINDOW_TYPES:
     return model.init(rng, tokens)
   return model.init(rng, tokens, num_latents=1)
 

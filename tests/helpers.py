@@ -28,11 +28,13 @@ def tiny_config(strategy: str = 'curriculum', steps: int = 24, model_type: str =
     name=f'tiny_{strategy}',
     strategy=strategy,
     min_latents=256,
-    max_latents=1024 if model_type == 'transformer' else 512,
+    max_latents=1024 if model_type in ('transformer', 'ecp') else 512,
     model_type=model_type,
   )
   c.model.update(num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=32)
-  c.latents.update(min=4, max=16 if model_type != 'transformer' else 32, buckets=(4, 8, 16, 32))
+  full_window = model_type in ('transformer', 'ecp')
+  c.latents.update(min=4, max=32 if full_window else 16, buckets=(4, 8, 16, 32))
+  c.model.ecp_segment_length = 8
   c.data.copy_length = 16
   c.train.update(
     steps=steps,

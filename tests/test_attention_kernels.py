@@ -67,9 +67,16 @@ def test_chunked_in_bfloat16_is_close_to_float32_reference():
   np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2)
 
 
-@pytest.mark.parametrize('model_cls', [models.PerceiverAR, models.Transformer])
+@pytest.mark.parametrize(
+  'model_cls, encoding',
+  [
+    (models.PerceiverAR, 'rotary'),  # keys/values made inside the kernel, rotary on keys
+    (models.PerceiverAR, 'absolute'),  # the same without rotary
+    (models.Transformer, 'rotary'),
+  ],
+)
 def test_models_with_chunked_kernel_match_einsum_under_padding_and_traced_latents(
-  model_cls, monkeypatch
+  model_cls, encoding, monkeypatch
 ):
   """Whole models, jitted with a traced N at a larger bucket, left-padded input: the chunked
   kernel's logits and parameter gradients equal the einsum reference's."""
@@ -82,7 +89,7 @@ def test_models_with_chunked_kernel_match_einsum_under_padding_and_traced_latent
   targets = jnp.asarray(rng.integers(0, 256, (2, 24)), jnp.int32)
 
   def run(impl):
-    model = model_cls(**size, attention_impl=impl)
+    model = model_cls(**size, attention_impl=impl, position_encoding=encoding)
     extra = dict(num_latents=24) if model_cls is models.PerceiverAR else {}
     params = model.init(jax.random.PRNGKey(0), tokens, **extra)
 
