@@ -120,6 +120,28 @@ def test_crops_are_deterministic_contiguous_and_split_across_processes(tmp_path)
     ds.train_batch(7, 8, 5, process_index=4, process_count=4)
 
 
+def test_in_memory_and_record_reads_give_the_same_rows(tmp_path):
+  """A train split held in memory (one gather) and one read per row from its records draw
+  the same offsets from the (seed, step) stream, so they give the same batches."""
+  _write(tmp_path / 'a.txt', 20_000, seed=6)
+  config = _text_config(tmp_path, tmp_path / 'a.txt')
+  in_memory = data.make_dataset(config, window=257)
+  from_records = data.make_dataset(config | {'in_memory_bytes': 0}, window=257)
+  assert in_memory.train_in_memory and not from_records.train_in_memory
+  assert not data.make_dataset(config | {'in_memory_bytes': 17_999}, 257).train_in_memory
+  for step in (0, 1, 9):
+    np.testing.assert_array_equal(
+      in_memory.train_batch(step, 8, 2), from_records.train_batch(step, 8, 2)
+    )
+  np.testing.assert_array_equal(
+    in_memory.train_batch(5, 8, 2, process_index=1, process_count=2),
+    from_records.train_batch(5, 8, 2, process_index=1, process_count=2),
+  )
+  for bad in (-1, 1.5, '1'):
+    with pytest.raises(ValueError, match='in_memory_bytes'):
+      data.make_dataset(config | {'in_memory_bytes': bad}, 257)
+
+
 def test_prefetched_train_batches_equal_train_batch(tmp_path):
   _write(tmp_path / 'a.txt', 20_000, seed=4)
   ds = data.make_dataset(_text_config(tmp_path, tmp_path / 'a.txt'), window=65)
