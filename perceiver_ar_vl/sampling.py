@@ -268,7 +268,28 @@ def _transformer_extend(module, cache: TransformerCache, token_B, context_len):
   return module.logits(x_Bx1xD[:, 0]), TransformerCache(tuple(ks), tuple(vs), cache.origin)
 
 
-# ------------------------------------------------------------------ one step
+# ------------------------------------------------------------------ the compiled loop
+
+# Steps per jitted call: the loop's output buffers hold this many steps, so one compiled
+# program serves every `length` (a call may run fewer steps; the loop count is traced).
+STEPS_PER_CALL = 256
+
+
+class _LoopState(NamedTuple):
+  """What one decode step hands to the next (and one jitted call to the next).
+
+  window_BxM: int32 [B, M], the last M bytes before `token_B` (left-padded with 0).
+  token_B: int32 [B], the byte that the next step appends (the last prompt byte at step 0).
+  cache: `PerceiverCache`, `TransformerCache`, or None on the uncached path.
+  step: int32 scalar, the index of the next step (its PRNG fold-in and latent count).
+  context_len: int32 scalar, the number of bytes once `token_B` is appended.
+  """
+
+  window_BxM: jax.Array
+  token_B: jax.Array
+  cache: PerceiverCache | TransformerCache | None
+  step: jax.Array
+  context_len: jax.Array
 
 
 def _uncached_logits(model, variables, window_BxM, context_len, num_latents, bucket: int):
@@ -284,46 +305,20 @@ def _uncached_logits(model, variables, window_BxM, context_len, num_latents, buc
   return logits_BxSxV[:, -1]
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'mode', 'max_latents'))
-def _decode_step(
-  model,
-  mode: str,
-  max_latents: int,
-  variables,
-  window_BxM,
-  token_B,
-  cache,
-  context_len,
-  num_latents,
-  step,
-  knobs: _Knobs,
-):
-  """Appends `token_B` to the window, predicts the next byte and draws it.
-
-  Args:
-    model, max_latents: static; max_latents is the sampler's N (bucket and cache capacity).
-    mode: static, 'uncached' (rerun the window), 'reset' (full pass that fills a new cache;
-      `cache` is None) or 'extend' (add one position to `cache`).
-    context_len: traced, the number of bytes so far including `token_B`.
-    num_latents: traced, this step's latent count (Perceiver AR).
-    step: traced, the step index for the PRNG.
-
-  Returns:
-    (window [B, M], next token [B], cache or None, logits [B, vocab]).
-  """
-  window_BxM = _shift_in(window_BxM, token_B[:, None])
-  perceiver = isinstance(model, models.PerceiverAR)
-  if mode == 'uncached':
-    logits_BxV = _uncached_logits(
-      model, variables, window_BxM, context_len, num_latents, max_latents
-    )
-  elif mode == 'reset' and perceiver:
+def _reset(model, max_latents: int, variables, window_BxM, context_len):
+  """A full pass that fills a new cache: (logits [B, vocab] float32, cache)."""
+  if isinstance(model, models.PerceiverAR):
     logits_BxV, cache = _perceiver_prefill(
       model, variables, window_BxM, context_len, reset_latents(max_latents), max_latents
     )
-  elif mode == 'reset':
+  else:
     logits_BxV, cache = _transformer_prefill(model, variables, window_BxM, context_len)
-  elif perceiver:
+  return logits_BxV.astype(jnp.float32), cache
+
+
+def _extend(model, variables, cache, token_B, context_len, num_latents):
+  """One new position through the cache: (logits [B, vocab] float32, cache)."""
+  if isinstance(model, models.PerceiverAR):
     logits_BxV, cache = model.apply(
       variables, cache, token_B, context_len, num_latents, method=_perceiver_extend
     )
@@ -331,17 +326,87 @@ def _decode_step(
     logits_BxV, cache = model.apply(
       variables, cache, token_B, context_len, method=_transformer_extend
     )
-  return window_BxM, _draw(logits_BxV, knobs, step), cache, logits_BxV
+  return logits_BxV.astype(jnp.float32), cache
 
 
-def _modes(model: Model, length: int, num_latents: int, cached: bool) -> list[str]:
-  """What each step does: 'uncached', or 'reset' / 'extend' of the cache."""
-  if not cached or isinstance(model, models.ECP):  # ECP has no decoding cache: see `sample`
-    return ['uncached'] * length
-  if isinstance(model, models.Transformer):
-    return ['reset'] + ['extend'] * (length - 1)
-  n0 = reset_latents(num_latents)
-  return ['reset' if n == n0 else 'extend' for n in latent_counts(length, num_latents)]
+def _decode(model, cached: bool, max_latents: int, variables, state: _LoopState, knobs: _Knobs):
+  """One step: appends `state.token_B`, predicts the next byte and draws it.
+
+  The step's latent count is `latent_counts` at `state.step` (Perceiver AR). On the cached
+  path the step is a full pass that refills the cache where the schedule says so (Perceiver
+  AR: the count is back at n0; Transformer: step 0), else one position through the cache;
+  `lax.cond` runs only the branch taken. Returns (next state, logits [B, vocab]).
+  """
+  window_BxM = _shift_in(state.window_BxM, state.token_B[:, None])
+  n0 = reset_latents(max_latents)
+  num_latents = n0 + state.step % (max_latents - n0 + 1)
+  cache = state.cache
+  if not cached:
+    logits_BxV = _uncached_logits(
+      model, variables, window_BxM, state.context_len, num_latents, max_latents
+    ).astype(jnp.float32)
+  else:
+    is_reset = state.step == 0
+    if isinstance(model, models.PerceiverAR):
+      is_reset = num_latents == n0
+    logits_BxV, cache = jax.lax.cond(
+      is_reset,
+      lambda: _reset(model, max_latents, variables, window_BxM, state.context_len),
+      lambda: _extend(model, variables, cache, state.token_B, state.context_len, num_latents),
+    )
+  token_B = _draw(logits_BxV, knobs, state.step)
+  next_state = _LoopState(window_BxM, token_B, cache, state.step + 1, state.context_len + 1)
+  return next_state, logits_BxV
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'cached', 'max_latents', 'keep_logits'))
+def _decode_loop(
+  model,
+  cached: bool,
+  max_latents: int,
+  keep_logits: bool,
+  variables,
+  state: _LoopState,
+  num_steps,
+  knobs: _Knobs,
+):
+  """Runs `num_steps` (traced, <= STEPS_PER_CALL) steps of `_decode` in one `lax.fori_loop`.
+
+  Args:
+    model, max_latents: static; max_latents is the sampler's N (bucket and cache capacity).
+    cached: static; False reruns the window every step.
+    keep_logits: static; also collect every step's logits.
+    num_steps: traced, so every call count shares one compiled program.
+
+  Returns:
+    (state after the steps, int32 tokens [B, STEPS_PER_CALL], float32 logits
+    [B, STEPS_PER_CALL, vocab] or None); only the first `num_steps` columns are written.
+  """
+  batch = state.token_B.shape[0]
+  tokens_BxS = jnp.zeros((batch, STEPS_PER_CALL), jnp.int32)
+  logits_BxSxV = jnp.zeros((batch, STEPS_PER_CALL, model.vocab_size), jnp.float32)
+
+  def body(i, carry):
+    state, tokens_BxS, logits_BxSxV = carry
+    state, step_logits_BxV = _decode(model, cached, max_latents, variables, state, knobs)
+    tokens_BxS = jax.lax.dynamic_update_index_in_dim(tokens_BxS, state.token_B, i, axis=1)
+    if keep_logits:
+      logits_BxSxV = jax.lax.dynamic_update_index_in_dim(logits_BxSxV, step_logits_BxV, i, axis=1)
+    return state, tokens_BxS, logits_BxSxV
+
+  state, tokens_BxS, logits_BxSxV = jax.lax.fori_loop(
+    0, num_steps, body, (state, tokens_BxS, logits_BxSxV)
+  )
+  return state, tokens_BxS, (logits_BxSxV if keep_logits else None)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_latents'))
+def _empty_cache(model, max_latents: int, variables, window_BxM):
+  """A zero cache of the shapes and dtypes that `_reset` makes (the loop's first carry)."""
+  shapes = jax.eval_shape(
+    lambda: _reset(model, max_latents, variables, window_BxM, jnp.int32(0))[1]
+  )
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 # ------------------------------------------------------------------ public API
@@ -418,31 +483,25 @@ def sample(
     jnp.int32(top_k),
     jnp.float32(top_p),
   )
-  prompt_len = prompt_BxP.shape[1]
+  cached = cached and not isinstance(model, models.ECP)  # ECP has no decoding cache
   window_BxM = jnp.asarray(_left_padded_window(prompt_BxP[:, :-1], model.max_context))
-  token_B = jnp.asarray(prompt_BxP[:, -1], jnp.int32)  # step 0 appends the last prompt byte
-  cache = None
-  tokens, logits = [], []
-  counts = latent_counts(length, num_latents)
-  for step, mode in enumerate(_modes(model, length, num_latents, cached)):
-    window_BxM, token_B, cache, logits_BxV = _decode_step(
-      model,
-      mode,
-      num_latents,
-      variables,
-      window_BxM,
-      token_B,
-      None if mode == 'reset' else cache,
-      prompt_len + step,
-      int(counts[step]),
-      step,
-      knobs,
+  state = _LoopState(
+    window_BxM,
+    jnp.asarray(prompt_BxP[:, -1], jnp.int32),  # step 0 appends the last prompt byte
+    _empty_cache(model, num_latents, variables, window_BxM) if cached else None,
+    jnp.int32(0),
+    jnp.int32(prompt_BxP.shape[1]),
+  )
+  chunks = []  # (steps, tokens, logits) per call; read back once all calls are queued
+  for start in range(0, length, STEPS_PER_CALL):
+    steps = min(STEPS_PER_CALL, length - start)
+    state, tokens_BxS, logits_BxSxV = _decode_loop(
+      model, cached, num_latents, return_logits, variables, state, jnp.int32(steps), knobs
     )
-    tokens.append(token_B)
-    logits.append(logits_BxV)
-  tokens_BxL = np.asarray(jnp.stack(tokens, axis=1), np.int32)
+    chunks.append((steps, tokens_BxS, logits_BxSxV))
+  tokens_BxL = np.concatenate([np.asarray(t)[:, :n] for n, t, _ in chunks], axis=1)
   if return_logits:
-    return tokens_BxL, np.asarray(jnp.stack(logits, axis=1), np.float32)
+    return tokens_BxL, np.concatenate([np.asarray(x)[:, :n] for n, _, x in chunks], axis=1)
   return tokens_BxL
 
 

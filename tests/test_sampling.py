@@ -228,11 +228,11 @@ def test_steps_compile_once(perceiver):
   model, variables = perceiver
   kwargs = dict(num_latents=8, cached=True)
   sampling.sample(model, variables, prompt(7), length=12, **kwargs)
-  size = sampling._decode_step._cache_size()
+  size = sampling._decode_loop._cache_size()
   sampling.sample(
     model, variables, prompt(8), length=17, seed=4, temperature=0.7, top_k=9, top_p=0.9, **kwargs
   )
-  assert sampling._decode_step._cache_size() == size
+  assert sampling._decode_loop._cache_size() == size
 
 
 def test_absolute_positions_sample_uncached_only():
