@@ -1,5 +1,5 @@
-"""Train-step time and compiled memory per latent bucket, against the Transformer baseline,
-plus the attention kernels and cached vs uncached sampling; printed as a table of ratios.
+"""Train-step time and compiled memory per latent bucket, against the Transformer baseline
+and ECP, plus the attention kernels and cached vs uncached sampling; a table of ratios.
 
   python benchmarks/step_time.py                      # the :cpu preset model (window 256)
   python benchmarks/step_time.py --preset=gpu --batch=32 --dtype=bfloat16
@@ -46,7 +46,8 @@ def main(argv):
   del argv
   perceiver = config_lib.strategy_config('fixed_512', FLAGS.preset)
   transformer = config_lib.strategy_config('transformer', FLAGS.preset)
-  for c in (perceiver, transformer):
+  ecp = config_lib.strategy_config('ecp', FLAGS.preset)
+  for c in (perceiver, transformer, ecp):
     c.train.batch_size = FLAGS.batch
     c.model.dtype = FLAGS.dtype
     c.model.dropout_rate = 0.0
@@ -62,6 +63,10 @@ def main(argv):
   )
   print('|---|---:|---:|---:|---:|---:|')
   rows = [('Transformer', m.max_context, base_seconds, base_memory)]
+  rows.append(
+    (f'ECP (segments of {ecp.model.ecp_segment_length})', m.max_context)
+    + time_train_step(ecp, m.max_context)
+  )
   for bucket in perceiver.latents.buckets:
     rows.append(('Perceiver AR', bucket, *time_train_step(perceiver, bucket)))
   for name, bucket, seconds, memory in rows:

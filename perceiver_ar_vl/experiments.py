@@ -196,16 +196,13 @@ def write_report(
     lines.append(
       f'| {res["name"]} | ' + ' | '.join('' if c is None else f'{c:.4f}' for c in cells) + ' |'
     )
-  lines += [
-    '',
-    'Compiled train-step memory by bucket (MiB): '
-    + ', '.join(f'{b}: {m / 2**20:.1f}' for b, m in memory['perceiver_ar'])
-    + ''.join(
-      f'; {FULL_WINDOW_NAMES[kind]} (window {memory[kind][0][0]}): {memory[kind][0][1] / 2**20:.1f}'
-      for kind in config_lib.FULL_WINDOW_TYPES
-      if memory.get(kind)
-    ),
+  parts = [', '.join(f'{b}: {m / 2**20:.1f}' for b, m in memory.get('perceiver_ar', []))]
+  parts += [
+    f'{FULL_WINDOW_NAMES[kind]} (window {memory[kind][0][0]}): {memory[kind][0][1] / 2**20:.1f}'
+    for kind in config_lib.FULL_WINDOW_TYPES
+    if memory.get(kind)
   ]
+  lines += ['', 'Compiled train-step memory by bucket (MiB): ' + '; '.join(filter(None, parts))]
   markdown = '\n'.join(lines) + '\n'
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(markdown)
@@ -242,8 +239,10 @@ def write_report(
   fig.savefig(os.path.join(out, 'bits_vs_latents.png'), dpi=120)
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  buckets, mems = zip(*memory['perceiver_ar'], strict=True)
-  ax.plot(buckets, [m / 2**20 for m in mems], marker='o', label='Perceiver AR train step')
+  ticks = sorted({b for kind in memory for b, _ in memory[kind]})
+  if memory.get('perceiver_ar'):
+    buckets, mems = zip(*memory['perceiver_ar'], strict=True)
+    ax.plot(buckets, [m / 2**20 for m in mems], marker='o', label='Perceiver AR train step')
   for kind, color in zip(config_lib.FULL_WINDOW_TYPES, ('red', 'green'), strict=True):
     if memory.get(kind):
       ((window, mem),) = memory[kind]
@@ -255,7 +254,7 @@ def write_report(
     ylabel='compiled peak memory (MiB)',
     title='Train-step memory vs latents',
   )
-  ax.set_xticks(list(buckets), [str(b) for b in buckets])
+  ax.set_xticks(ticks, [str(b) for b in ticks])
   ax.legend()
   ax.grid(alpha=0.3)
   fig.tight_layout()

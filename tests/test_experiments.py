@@ -54,3 +54,12 @@ def test_experiment_writes_table_and_plots(tmp_path, monkeypatch):
     )
     == markdown
   )
+
+
+def test_experiment_of_ecp_alone_reports_its_memory(tmp_path, monkeypatch):
+  """`--strategies=ecp`: a comparison without any Perceiver AR run still writes its report."""
+  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
+  markdown = experiments.run_experiment('smoke', str(tmp_path), steps=2, strategies=('ecp',))
+  assert '| ecp | 32 |' in markdown
+  assert 'ECP (window 32): ' in markdown
+  assert os.path.getsize(tmp_path / 'memory_vs_latents.png') > 0

@@ -31,21 +31,32 @@ SIZE = dict(num_layers=3, num_heads=2, d_model=16, mlp_dim=48, max_context=40, v
 
 
 @pytest.mark.parametrize(
-  'model_type, bucket', [('perceiver_ar', 8), ('perceiver_ar', 40), ('transformer', 40)]
+  'model_type, bucket, segment',
+  [
+    ('perceiver_ar', 8, None),
+    ('perceiver_ar', 40, None),
+    ('transformer', 40, None),
+    ('ecp', 40, 8),
+    ('ecp', 40, 40),  # one segment: the Transformer's count
+  ],
 )
-def test_forward_flops_equal_the_traced_matmuls(model_type, bucket):
+def test_forward_flops_equal_the_traced_matmuls(model_type, bucket, segment):
   tokens = jnp.zeros((3, 40), jnp.int32)
   if model_type == 'perceiver_ar':
     model = models.PerceiverAR(**SIZE, attention_impl='einsum')
     params = model.init(jax.random.PRNGKey(0), tokens, num_latents=bucket)
     fn = lambda p, t: model.apply(p, t, num_latents=bucket)
   else:
-    model = models.Transformer(**SIZE, attention_impl='einsum')
+    extra = {} if model_type == 'transformer' else dict(segment_length=segment)
+    cls = models.Transformer if model_type == 'transformer' else models.ECP
+    model = cls(**SIZE, attention_impl='einsum', **extra)
     params = model.init(jax.random.PRNGKey(0), tokens)
     fn = model.apply
   want = traced_matmul_flops(fn, params, tokens)
   size = {k: v for k, v in SIZE.items() if k not in ('num_heads', 'max_context')}
-  got = flops.forward_flops(model_type, **size, context=40, num_latents=bucket, batch=3)
+  got = flops.forward_flops(
+    model_type, **size, context=40, num_latents=bucket, segment_length=segment, batch=3
+  )
   assert got == want
 
 
