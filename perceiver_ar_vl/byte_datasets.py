@@ -14,6 +14,9 @@ two records it overlaps.
                 config name carries a hash of the files' contents, so a changed file gets its
                 own prepared copy.
 
+With several processes (`jax.distributed`), `prepare` lets process 0 download and prepare while
+the others wait, so a data_dir on a shared filesystem is written once.
+
 Builders are defined outside a registered tfds package, so `_info` builds
 `tfds.core.DatasetInfo(builder=self, ...)` directly (`dataset_info_from_configs` fails here),
 and they skip the global tfds registry.
@@ -31,11 +34,12 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
 from perceiver_ar_vl import errors
@@ -226,7 +230,7 @@ def download_enwik8(download_dir: str) -> str:
     '--config.data.path=/path/to/enwik8.zip'
   )
   if not os.path.exists(dest):
-    tmp = dest + '.incomplete'
+    tmp = f'{dest}.{os.getpid()}.incomplete'  # never another process's partial download
     try:
       _fetch_url(ENWIK8_URL, tmp)
     except (OSError, urllib.error.URLError, ValueError) as e:
@@ -258,8 +262,9 @@ class _ByteChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Fixed-size byte chunks, records in order.'}
 
-  def __init__(self, *, source: ByteSource | None = None, **kwargs):
-    """`source` is only needed to prepare; reading a prepared dataset works without it."""
+  def __init__(self, *, source: ByteSource | Callable[[], ByteSource] | None = None, **kwargs):
+    """`source` is only needed to prepare; reading a prepared dataset works without it. A
+    callable (e.g. one that downloads) is called only by the process that prepares."""
     self.source = source
     super().__init__(**kwargs)
 
@@ -289,6 +294,8 @@ class _ByteChunkBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         f'{self.name}/{self.builder_config.name} is not prepared and no source '
         'was given to prepare it.'
       )
+    if callable(self.source):
+      self.source = self.source()
     return self.source
 
   def _split_ranges(self, source: ByteSource) -> dict[str, tuple[ByteSource, int, int]]:
@@ -452,7 +459,19 @@ def prepare(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
   """Prepares `builder` once (array_record) and returns its per-split random-access sources.
 
   Each source maps a record index to `{'index': int, 'bytes': bytes}` (numpy, no TensorFlow).
+  Every process must call it: process 0 prepares (and downloads, through a callable source)
+  while the others wait, since processes preparing one shared directory at once would write
+  over each other; the others then read what it wrote, or prepare their own copy if their
+  data_dir is not the one process 0 wrote.
   """
-  if not builder.is_prepared():
-    builder.download_and_prepare(file_format='array_record')
-  return builder.as_data_source()
+  from perceiver_ar_vl import parallel  # imports jax: only when preparing
+
+  def prepare_here() -> None:
+    if not builder.is_prepared():
+      logging.info('Preparing %s in %s.', builder.name, builder.data_dir)
+      builder.download_and_prepare(file_format='array_record')
+
+  parallel.process_0_first(prepare_here, f'Preparing the dataset in {builder.data_dir}')
+  # Read back from the directory: a builder made before another process prepared it holds no
+  # split information.
+  return tfds.builder_from_directory(builder.data_dir).as_data_source()

@@ -362,8 +362,11 @@ def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 
     builder = byte_datasets.enwik8_builder(data_dir)
     if not builder.is_prepared():
       expected = sum(byte_datasets.ENWIK8_SPLIT_BYTES)
-      archive = path or byte_datasets.download_enwik8(os.path.join(data_dir, 'downloads'))
-      builder.source = byte_datasets.enwik8_source(archive, expected)
+      downloads = os.path.join(data_dir, 'downloads')
+      # Called by the one process that prepares (byte_datasets.prepare), so it downloads once.
+      builder.source = lambda: byte_datasets.enwik8_source(
+        path or byte_datasets.download_enwik8(downloads), expected
+      )
     return PreparedByteDataset(builder, window, f'enwik8 ({path or "downloaded"})', in_memory_bytes)
 
   paths = [p.strip() for p in path.split(',')]

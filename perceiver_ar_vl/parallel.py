@@ -3,9 +3,15 @@
 JAX implements pmap on top of jit + shard_map; we use `jax.jit` over a `Mesh` with
 `NamedSharding` directly. Parameters and optimizer state are replicated; each process feeds
 only its own rows of the global batch (`jax.make_array_from_process_local_data`).
+
+Work on files that every process shares (preparing a dataset, setting a checkpoint aside) runs
+on process 0 while the others wait at a barrier (`process_0_first`, `barrier`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import numpy as np
@@ -15,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from perceiver_ar_vl import errors
 
 DATA_AXIS = 'data'
+T = TypeVar('T')
 
 
 def initialize_distributed(
@@ -64,3 +71,41 @@ def check_batch_size(global_batch: int, mesh: Mesh) -> None:
 def global_batch(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
   """This process's rows [global_batch / process_count, ...] as one global sharded array."""
   return jax.make_array_from_process_local_data(batch_sharded(mesh), local_rows)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (which all must call, in the same
+  order); a no-op in a single process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def process_0_first(work: Callable[[], T], what: str) -> T:
+  """Runs `work` on process 0 while the other processes wait, then on the others.
+
+  For work that writes a directory all processes share (a dataset being prepared): process 0
+  writes it once, and the others find it done, so their `work` only reads (if the directory is
+  not shared after all, they write their own copy). Every process must call this at the same
+  point. If `work` fails on process 0, it raises there and the others raise a UserError naming
+  `what` instead of waiting forever.
+  """
+  if jax.process_count() == 1:
+    return work()
+  from jax.experimental import multihost_utils
+
+  failed = None
+  if jax.process_index() == 0:
+    try:
+      result = work()
+    except BaseException as e:  # re-raised below, after the others heard of it
+      failed = e
+  ok = multihost_utils.broadcast_one_to_all(np.int32(failed is None))
+  if failed is not None:
+    raise failed
+  if not int(ok):
+    raise errors.UserError(f'{what} failed on process 0; its log says why.')
+  if jax.process_index() == 0:
+    return result
+  return work()

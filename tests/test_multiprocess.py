@@ -3,9 +3,12 @@
 Two `launch.py` processes with one CPU device each (2 global devices, cross-process
 collectives over gloo) train the same run as one process with 2 simulated devices: the global
 batch and the N schedule are identical by construction, so every step's loss, the checkpoints
-and the final parameters must match.
+and the final parameters must match. Two processes preparing one text file into one shared
+data_dir prepare it once.
 """
 
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -16,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import checkpoints, config_lib, metrics
+from perceiver_ar_vl import byte_datasets, checkpoints, config_lib, metrics
 from perceiver_ar_vl import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,3 +166,68 @@ def test_two_processes_train_exactly_like_one_process_with_two_devices(tmp_path)
   assert step == ref_step == STEPS and jax.tree.leaves(params)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# Each process joins the runtime, builds the text_file dataset in the shared data_dir and prints
+# a SHA-256 of every split it reads. Preparing is slowed down by a second so that two
+# processes preparing at once would overlap (and both log 'Preparing').
+PREPARE_SCRIPT = """
+import hashlib, json, sys, time
+import jax
+from absl import logging
+logging.set_verbosity(logging.INFO)
+coordinator, process_id, path, data_dir = sys.argv[1:]
+jax.distributed.initialize(coordinator, num_processes=2, process_id=int(process_id))
+from perceiver_ar_vl import byte_datasets, data
+generate = byte_datasets.ByteFile._generate_examples
+def slow_generate(*args):
+  time.sleep(1.0)
+  yield from generate(*args)
+byte_datasets.ByteFile._generate_examples = slow_generate
+dataset = data.make_dataset({'name': 'text_file', 'path': path, 'data_dir': data_dir}, 33)
+digests = {s: hashlib.sha256(dataset.split_bytes(s).tobytes()).hexdigest() for s in data.SPLITS}
+print('digests', json.dumps(digests))
+"""
+
+
+def test_two_processes_prepare_a_shared_dataset_once(tmp_path):
+  text = np.random.default_rng(3).integers(97, 123, 4_000, dtype=np.uint8).tobytes()
+  path, data_dir = tmp_path / 'text.txt', tmp_path / 'shared_tfds'
+  path.write_bytes(text)
+  coordinator = f'127.0.0.1:{_free_port()}'
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', PREPARE_SCRIPT, coordinator, str(i), str(path), str(data_dir)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=_env(1),
+      cwd=REPO,
+    )
+    for i in range(2)
+  ]
+  try:
+    outputs = [proc.communicate(timeout=TIMEOUT_S)[0] for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  for proc, output in zip(procs, outputs, strict=True):
+    assert proc.returncode == 0, output[-3000:]
+
+  # Process 0 prepared, process 1 waited and read the same files.
+  preparing = [output.count('Preparing byte_file in') for output in outputs]
+  assert preparing == [1, 0], outputs
+  train, valid, _ = byte_datasets.text_split_sizes(len(text))
+  want = {
+    'train': text[:train],
+    'validation': text[train : train + valid],
+    'test': text[train + valid :],
+  }
+  want = {split: hashlib.sha256(part).hexdigest() for split, part in want.items()}
+  for output in outputs:
+    line = next(line for line in output.splitlines() if line.startswith('digests '))
+    assert json.loads(line.removeprefix('digests ')) == want
+  versions = list(data_dir.glob('byte_file/*/*'))
+  assert [v.name for v in versions] == ['1.0.0'], versions  # no second or unfinished copy
