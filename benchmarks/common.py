@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,11 +24,12 @@ class StepStats:
   total_bytes: int  # arguments + outputs + temporaries - aliased (donated) buffers
 
 
-def time_train_step(
-  config: ml_collections.ConfigDict, bucket: int, repeats: int = 3, impl: str | None = None
-) -> StepStats:
-  """Compiles the train step of `config`'s model at `bucket` (batch `config.train.batch_size`,
-  donated state, as training runs it), then times `repeats` steps after one warm-up step."""
+def compiled_train_step(
+  config: ml_collections.ConfigDict, bucket: int, impl: str | None = None
+) -> tuple[Callable[[], None], Any]:
+  """The train step of `config`'s model at `bucket` (batch `config.train.batch_size`, donated
+  state, as training runs it), compiled; returns (step, XLA memory analysis) where `step()`
+  runs one step on a fixed random batch and waits for it."""
   config = config.copy_and_resolve_references()
   if impl is not None:
     config.model.attention_impl = impl
@@ -34,7 +37,7 @@ def time_train_step(
   state = state_lib.create_train_state(config, model, parallel.make_mesh())
   _, schedule = state_lib.make_optimizer(config.train)
 
-  def step(state, window_BxW, n):
+  def step_fn(state, window_BxW, n):
     return train.train_step(
       state,
       window_BxW,
@@ -50,15 +53,27 @@ def time_train_step(
   shape = (config.train.batch_size, config.model.max_context + 1)
   window = jnp.asarray(np.random.default_rng(0).integers(0, 256, shape), jnp.int32)
   n = jnp.int32(bucket)
-  compiled = jax.jit(step, donate_argnums=0).lower(state, window, n).compile()
-  stats = compiled.memory_analysis()
-  state, metrics = compiled(state, window, n)
-  jax.block_until_ready(metrics)
+  compiled = jax.jit(step_fn, donate_argnums=0).lower(state, window, n).compile()
+  holder = [state]
+
+  def step() -> None:
+    holder[0], metrics = compiled(holder[0], window, n)
+    jax.block_until_ready(metrics)
+
+  return step, compiled.memory_analysis()
+
+
+def time_train_step(
+  config: ml_collections.ConfigDict, bucket: int, repeats: int = 3, impl: str | None = None
+) -> StepStats:
+  """Median seconds of `compiled_train_step` over `repeats` steps after one warm-up step, and
+  its compiled memory."""
+  step, stats = compiled_train_step(config, bucket, impl)
+  step()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, metrics = compiled(state, window, n)
-    jax.block_until_ready(metrics)
+    step()
     times.append(time.perf_counter() - start)
   total = (
     stats.argument_size_in_bytes
