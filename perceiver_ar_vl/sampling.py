@@ -29,9 +29,16 @@ Cached sampling needs rotary (relative) positions: with `position_encoding='abso
 byte's window position, hence its embedding, shifts by one every step, so cached keys go
 stale at once; `sample` raises and asks for `cached=False`.
 
-Each step is one jitted call (`_decode_step`) with static shapes (fixed cache capacities;
-the context length and latent count are traced ints): it compiles once per model and path,
-and is reused across steps and across calls.
+One jitted call (`_decode_loop`) runs up to STEPS_PER_CALL steps in a `lax.fori_loop`, with
+the window, the cache, the next token and the step index in the loop's carry, and the cache
+reset (a full pass) as a `lax.cond` inside the loop. Shapes are static (fixed cache
+capacities; the step count, context length and latent count are traced), so it compiles once
+per model, path and batch size, and serves every length, seed and filter setting. A cached
+step on the CPU is bound by the number of XLA operations rather than FLOPs, so the step
+avoids the ones it can: window caches are ring buffers (a new byte writes one slot instead
+of shifting the buffer), caches are stored heads-major [B, H, T, K] (no per-step
+transposes), a call's Gumbel noise is drawn ahead in one vectorised call, and a draw without
+top-k / top-p skips the sorts. (`benchmarks/step_time.py` measures cached against uncached.)
 """
 
 from __future__ import annotations
@@ -51,9 +58,13 @@ Model = models.PerceiverAR | models.Transformer | models.ECP
 class PerceiverCache(NamedTuple):
   """Cached keys/values of Perceiver AR. H heads, K head dim, N = the sampler's num_latents.
 
-  cross_k, cross_v: [B, M, H, K] cross-attend keys/values; slot w is window position w (a
-    new byte shifts the buffer left by one, as the window itself shifts).
-  latent_k, latent_v: per latent layer [B, N, H, K]; slot i holds the i-th latent since the
+  Stored heads-major, [B, H, T, K]: the layout the attention's dot products read, so a step
+  transposes no cache.
+
+  cross_k, cross_v: [B, H, M, K] cross-attend keys/values of the window, a ring buffer: slot
+    s holds sequence index i = s (mod M), the latest such i before the current byte (a new
+    byte overwrites the oldest slot instead of shifting the whole buffer).
+  latent_k, latent_v: per latent layer [B, H, N, K]; slot i holds the i-th latent since the
     last reset (slots at or past the current latent count are unused and masked out).
   origin: int32 scalar, the sequence index that rotary treats as position 0 (the first
     window position at the last reset), so cached positions stay below M + N.
@@ -67,7 +78,8 @@ class PerceiverCache(NamedTuple):
 
 
 class TransformerCache(NamedTuple):
-  """Cached keys/values of the Transformer: per layer [B, M, H, K], slot w = window position w.
+  """Cached keys/values of the Transformer: per layer [B, H, M, K], a ring buffer over the
+  window as `PerceiverCache.cross_k`.
 
   origin: int32 scalar, the sequence index that rotary treats as position 0.
   """
@@ -144,11 +156,31 @@ class _Knobs(NamedTuple):
   top_p: jax.Array
 
 
-def _draw(logits_BxV: jax.Array, knobs: _Knobs, step) -> jax.Array:
-  """The next token [B] (int32) for `step`, drawn with fold_in(key, step)."""
-  filtered_BxV = filter_logits(logits_BxV, knobs.temperature, knobs.top_k, knobs.top_p)
-  key = jax.random.fold_in(knobs.key, step)
-  return jax.random.categorical(key, filtered_BxV, axis=-1).astype(jnp.int32)
+def _gumbel_noise(knobs: _Knobs, steps_S: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """float32 [S, *shape] Gumbel noise of each step in `steps_S`, from fold_in(key, step).
+
+  `jax.random.categorical(key, logits)` is `argmax(gumbel(key, logits.shape) + logits)`;
+  drawing the noise of all of a call's steps at once (one vectorised threefry) instead of
+  once per step keeps the same tokens and takes the generator off the per-step path.
+  """
+  noise = lambda step: jax.random.gumbel(jax.random.fold_in(knobs.key, step), shape)
+  return jax.vmap(noise)(steps_S)
+
+
+def _draw(logits_BxV: jax.Array, knobs: _Knobs, noise_BxV: jax.Array) -> jax.Array:
+  """The next token [B] (int32): `jax.random.categorical` of the filtered logits, with the
+  step's Gumbel noise given (see `_gumbel_noise`).
+
+  Without top-k / top-p (and temperature > 0), `filter_logits` only scales: that case skips
+  its two sorts (a `lax.cond`), the same result at a fraction of a step's cost.
+  """
+  plain = (knobs.temperature > 0) & (knobs.top_k <= 0) & (knobs.top_p >= 1)
+  filtered_BxV = jax.lax.cond(
+    plain,
+    lambda: jnp.asarray(logits_BxV, jnp.float32) / jnp.where(plain, knobs.temperature, 1.0),
+    lambda: filter_logits(logits_BxV, knobs.temperature, knobs.top_k, knobs.top_p),
+  )
+  return jnp.argmax(noise_BxV + filtered_BxV, axis=-1).astype(jnp.int32)
 
 
 # ------------------------------------------------------------------ windows and masks
@@ -172,6 +204,38 @@ def _window_indices(context_len, batch: int, window: int) -> jax.Array:
   return jnp.broadcast_to(context_len - window + jnp.arange(window), (batch, window))
 
 
+def _ring_indices(context_len, batch: int, window: int) -> jax.Array:
+  """[B, window] sequence index held by each slot of a ring buffer (slot = index mod window)
+  once `context_len` bytes are in; negative where there is no byte yet."""
+  last = context_len - 1
+  return jnp.broadcast_to(last - (last - jnp.arange(window)) % window, (batch, window))
+
+
+def _to_ring(x_BxMxHxK: jax.Array, context_len) -> jax.Array:
+  """Keys/values of a window pass (slot w = window position w) as a heads-major ring buffer
+  [B, H, M, K] with slot = sequence index mod M."""
+  window = x_BxMxHxK.shape[1]
+  return jnp.roll(jnp.swapaxes(x_BxMxHxK, 1, 2), context_len % window, axis=2)
+
+
+def _ring_write(ring_BxHxMxK: jax.Array, new_Bx1xHxK: jax.Array, context_len) -> jax.Array:
+  """Writes the keys/values of sequence index context_len - 1 into its ring slot."""
+  slot = (context_len - 1) % ring_BxHxMxK.shape[2]
+  new_BxHx1xK = jnp.swapaxes(new_Bx1xHxK, 1, 2).astype(ring_BxHxMxK.dtype)
+  return jax.lax.dynamic_update_slice_in_dim(ring_BxHxMxK, new_BxHx1xK, slot, axis=2)
+
+
+def _ring_mask(pos_Bx1: jax.Array, context_len, origin, batch: int, window: int):
+  """The mask of one query (at rotary position `pos_Bx1`) over a ring buffer of the window."""
+  index_BxM = _ring_indices(context_len, batch, window)
+  return models.causal_mask(pos_Bx1, index_BxM - origin, index_BxM >= 0)
+
+
+def _seq_major(x_BxHxTxK: jax.Array) -> jax.Array:
+  """[B, T, H, K], the layout the blocks take (XLA folds it into the dots: no copy)."""
+  return jnp.swapaxes(x_BxHxTxK, 1, 2)
+
+
 # ------------------------------------------------------------------ Perceiver AR cache
 
 
@@ -187,12 +251,13 @@ def _perceiver_prefill(model, variables, window_BxM, context_len, num_latents: i
     variables, window_BxM, num_latents, input_mask=valid_BxM, return_keys_values=True
   )
   (cross_k, cross_v), *latent_kv = keys_values
-  pad = ((0, 0), (0, capacity - num_latents), (0, 0), (0, 0))
+  pad = ((0, 0), (0, 0), (0, capacity - num_latents), (0, 0))
+  heads_major = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2), pad)
   cache = PerceiverCache(
-    cross_k,
-    cross_v,
-    tuple(jnp.pad(k, pad) for k, _ in latent_kv),
-    tuple(jnp.pad(v, pad) for _, v in latent_kv),
+    _to_ring(cross_k, context_len),
+    _to_ring(cross_v, context_len),
+    tuple(heads_major(k) for k, _ in latent_kv),
+    tuple(heads_major(v) for _, v in latent_kv),
     jnp.asarray(context_len - window, jnp.int32),
   )
   return logits_BxNxV[:, -1], cache
@@ -201,32 +266,37 @@ def _perceiver_prefill(model, variables, window_BxM, context_len, num_latents: i
 def _perceiver_extend(module, cache: PerceiverCache, token_B, context_len, num_latents):
   """Adds the byte at sequence index context_len - 1 as latent number `num_latents`.
 
-  One query through the cross-attend (over the shifted window cache) and every latent layer
+  One query through the cross-attend (over the window's ring cache) and every latent layer
   (over the latents since the last reset). Returns (logits [B, vocab], updated cache).
   """
-  batch, window = cache.cross_k.shape[:2]
+  batch, _, window, _ = cache.cross_k.shape
   pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
   x_Bx1xD = module.embed_tokens(token_B[:, None], pos_Bx1)
   k_Bx1xHxK, v_Bx1xHxK = module.cross_attend.keys_values(x_Bx1xD, pos_Bx1)
-  cross_k = _shift_in(cache.cross_k, k_Bx1xHxK)
-  cross_v = _shift_in(cache.cross_v, v_Bx1xHxK)
-  index_BxM = _window_indices(context_len, batch, window)
-  mask_Bx1xM = models.causal_mask(pos_Bx1, index_BxM - cache.origin, index_BxM >= 0)
-  z_Bx1xD = module.cross_attend.attend(x_Bx1xD, pos_Bx1, cross_k, cross_v, mask_Bx1xM)
+  cross_k = _ring_write(cache.cross_k, k_Bx1xHxK, context_len)
+  cross_v = _ring_write(cache.cross_v, v_Bx1xHxK, context_len)
+  mask_Bx1xM = _ring_mask(pos_Bx1, context_len, cache.origin, batch, window)
+  z_Bx1xD = module.cross_attend.attend(
+    x_Bx1xD, pos_Bx1, _seq_major(cross_k), _seq_major(cross_v), mask_Bx1xM
+  )
 
   latent_k, latent_v = [], []
   slot = num_latents - 1  # the new latent's slot; slots after it are unused
+  capacity = cache.latent_k[0].shape[2] if cache.latent_k else 0
+  latent_pos_BxN = jnp.broadcast_to(pos_Bx1 - slot + jnp.arange(capacity), (batch, capacity))
+  latent_ok_BxN = latent_pos_BxN + cache.origin >= 0  # a real byte, not left padding
+  mask_Bx1xN = models.causal_mask(pos_Bx1, latent_pos_BxN, latent_ok_BxN)
   for block, k_cache, v_cache in zip(
     module.latent_blocks, cache.latent_k, cache.latent_v, strict=True
   ):
-    capacity = k_cache.shape[1]
-    latent_pos_BxN = jnp.broadcast_to(pos_Bx1 - slot + jnp.arange(capacity), (batch, capacity))
-    latent_ok_BxN = latent_pos_BxN + cache.origin >= 0  # a real byte, not left padding
-    mask_Bx1xN = models.causal_mask(pos_Bx1, latent_pos_BxN, latent_ok_BxN)
     k_Bx1xHxK, v_Bx1xHxK = block.keys_values(z_Bx1xD, pos_Bx1)
-    k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k_Bx1xHxK, slot, axis=1)
-    v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v_Bx1xHxK, slot, axis=1)
-    z_Bx1xD = block.attend(z_Bx1xD, pos_Bx1, k_cache, v_cache, mask_Bx1xN)
+    k_cache = jax.lax.dynamic_update_slice_in_dim(
+      k_cache, jnp.swapaxes(k_Bx1xHxK, 1, 2).astype(k_cache.dtype), slot, axis=2
+    )
+    v_cache = jax.lax.dynamic_update_slice_in_dim(
+      v_cache, jnp.swapaxes(v_Bx1xHxK, 1, 2).astype(v_cache.dtype), slot, axis=2
+    )
+    z_Bx1xD = block.attend(z_Bx1xD, pos_Bx1, _seq_major(k_cache), _seq_major(v_cache), mask_Bx1xN)
     latent_k.append(k_cache)
     latent_v.append(v_cache)
   cache = PerceiverCache(cross_k, cross_v, tuple(latent_k), tuple(latent_v), cache.origin)
@@ -244,8 +314,8 @@ def _transformer_prefill(model, variables, window_BxM, context_len):
     variables, window_BxM, input_mask=valid_BxM, return_keys_values=True
   )
   cache = TransformerCache(
-    tuple(k for k, _ in keys_values),
-    tuple(v for _, v in keys_values),
+    tuple(_to_ring(k, context_len) for k, _ in keys_values),
+    tuple(_to_ring(v, context_len) for _, v in keys_values),
     jnp.asarray(context_len - window, jnp.int32),
   )
   return logits_BxMxV[:, -1], cache
@@ -253,16 +323,16 @@ def _transformer_prefill(model, variables, window_BxM, context_len):
 
 def _transformer_extend(module, cache: TransformerCache, token_B, context_len):
   """Adds the byte at sequence index context_len - 1: one query through every layer."""
-  batch, window = cache.k[0].shape[:2]
+  batch, _, window, _ = cache.k[0].shape
   pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
   x_Bx1xD = module.embed_tokens(token_B[:, None], pos_Bx1)
-  index_BxM = _window_indices(context_len, batch, window)
-  mask_Bx1xM = models.causal_mask(pos_Bx1, index_BxM - cache.origin, index_BxM >= 0)
+  mask_Bx1xM = _ring_mask(pos_Bx1, context_len, cache.origin, batch, window)
   ks, vs = [], []
   for block, k_cache, v_cache in zip(module.blocks, cache.k, cache.v, strict=True):
     k_Bx1xHxK, v_Bx1xHxK = block.keys_values(x_Bx1xD, pos_Bx1)
-    k_cache, v_cache = _shift_in(k_cache, k_Bx1xHxK), _shift_in(v_cache, v_Bx1xHxK)
-    x_Bx1xD = block.attend(x_Bx1xD, pos_Bx1, k_cache, v_cache, mask_Bx1xM)
+    k_cache = _ring_write(k_cache, k_Bx1xHxK, context_len)
+    v_cache = _ring_write(v_cache, v_Bx1xHxK, context_len)
+    x_Bx1xD = block.attend(x_Bx1xD, pos_Bx1, _seq_major(k_cache), _seq_major(v_cache), mask_Bx1xM)
     ks.append(k_cache)
     vs.append(v_cache)
   return module.logits(x_Bx1xD[:, 0]), TransformerCache(tuple(ks), tuple(vs), cache.origin)
@@ -329,13 +399,22 @@ def _extend(model, variables, cache, token_B, context_len, num_latents):
   return logits_BxV.astype(jnp.float32), cache
 
 
-def _decode(model, cached: bool, max_latents: int, variables, state: _LoopState, knobs: _Knobs):
+def _decode(
+  model,
+  cached: bool,
+  max_latents: int,
+  variables,
+  state: _LoopState,
+  knobs: _Knobs,
+  noise_BxV: jax.Array,
+):
   """One step: appends `state.token_B`, predicts the next byte and draws it.
 
   The step's latent count is `latent_counts` at `state.step` (Perceiver AR). On the cached
   path the step is a full pass that refills the cache where the schedule says so (Perceiver
   AR: the count is back at n0; Transformer: step 0), else one position through the cache;
-  `lax.cond` runs only the branch taken. Returns (next state, logits [B, vocab]).
+  `lax.cond` runs only the branch taken. `noise_BxV` is the step's Gumbel noise.
+  Returns (next state, logits [B, vocab]).
   """
   window_BxM = _shift_in(state.window_BxM, state.token_B[:, None])
   n0 = reset_latents(max_latents)
@@ -354,7 +433,7 @@ def _decode(model, cached: bool, max_latents: int, variables, state: _LoopState,
       lambda: _reset(model, max_latents, variables, window_BxM, state.context_len),
       lambda: _extend(model, variables, cache, state.token_B, state.context_len, num_latents),
     )
-  token_B = _draw(logits_BxV, knobs, state.step)
+  token_B = _draw(logits_BxV, knobs, noise_BxV)
   next_state = _LoopState(window_BxM, token_B, cache, state.step + 1, state.context_len + 1)
   return next_state, logits_BxV
 
@@ -385,10 +464,14 @@ def _decode_loop(
   batch = state.token_B.shape[0]
   tokens_BxS = jnp.zeros((batch, STEPS_PER_CALL), jnp.int32)
   logits_BxSxV = jnp.zeros((batch, STEPS_PER_CALL, model.vocab_size), jnp.float32)
+  steps_S = state.step + jnp.arange(STEPS_PER_CALL)
+  noise_SxBxV = _gumbel_noise(knobs, steps_S, (batch, model.vocab_size))
 
   def body(i, carry):
     state, tokens_BxS, logits_BxSxV = carry
-    state, step_logits_BxV = _decode(model, cached, max_latents, variables, state, knobs)
+    state, step_logits_BxV = _decode(
+      model, cached, max_latents, variables, state, knobs, noise_SxBxV[i]
+    )
     tokens_BxS = jax.lax.dynamic_update_index_in_dim(tokens_BxS, state.token_B, i, axis=1)
     if keep_logits:
       logits_BxSxV = jax.lax.dynamic_update_index_in_dim(logits_BxSxV, step_logits_BxV, i, axis=1)

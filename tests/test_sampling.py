@@ -178,6 +178,29 @@ def test_greedy_takes_the_argmax_of_each_step(perceiver):
   np.testing.assert_array_equal(tokens, again)
 
 
+@pytest.mark.parametrize('temperature,top_k,top_p', [(1.0, 0, 1.0), (0.7, 20, 0.9), (0.0, 0, 1.0)])
+def test_draw_is_jax_categorical_of_the_filtered_logits(temperature, top_k, top_p):
+  """The loop draws each step's Gumbel noise ahead, for a whole call at once; the tokens are
+  still jax.random.categorical(fold_in(PRNGKey(seed), step), filter_logits(logits))."""
+  knobs = sampling._Knobs(
+    jax.random.PRNGKey(5), jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)
+  )
+  logits_BxV = 3 * jax.random.normal(jax.random.PRNGKey(2), (3, 256))
+  steps_S = jnp.arange(7, 47)
+
+  @jax.jit
+  def both(logits_BxV):
+    noise_SxBxV = sampling._gumbel_noise(knobs, steps_S, logits_BxV.shape)
+    got_SxB = jax.vmap(lambda noise: sampling._draw(logits_BxV, knobs, noise))(noise_SxBxV)
+    filtered_BxV = sampling.filter_logits(logits_BxV, temperature, top_k, top_p)
+    draw = lambda step: jax.random.categorical(jax.random.fold_in(knobs.key, step), filtered_BxV)
+    return got_SxB, jax.vmap(draw)(steps_S)
+
+  got_SxB, want_SxB = both(logits_BxV)
+  np.testing.assert_array_equal(got_SxB, want_SxB)
+  assert len(np.unique(got_SxB)) > (1 if temperature else 0)
+
+
 def test_top_k_keeps_exactly_the_k_largest():
   logits = jax.random.normal(jax.random.PRNGKey(0), (3, 256))
   for k in (1, 5, 40):
