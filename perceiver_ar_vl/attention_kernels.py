@@ -97,8 +97,29 @@ def dot_product_attention(
   if impl == 'einsum':
     return einsum_attention(q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask.dense())
   return jax.nn.dot_product_attention(
-    q_BxSxHxK, k_BxTxHxK, v_BxTxHxK, mask=mask.dense()[:, None], implementation=impl
+    q_BxSxHxK,
+    k_BxTxHxK,
+    v_BxTxHxK,
+    implementation=impl,
+    **fused_mask_args(mask, q_BxSxHxK.shape[1], k_BxTxHxK.shape[1]),
   )
+
+
+def fused_mask_args(mask: AttentionMask, q_len: int, kv_len: int) -> dict:
+  """`jax.nn.dot_product_attention` mask arguments for `mask` (the 'xla' and 'cudnn' paths).
+
+  An aligned mask (queries at the last S of T positions) is causal by structure: `is_causal`
+  when S == T, else `local_window_size=(T, T - S)` (key index <= query index + T - S; note
+  `is_causal` alone is top-left aligned, wrong for S < T), which lets cuDNN skip hidden blocks.
+  What structure cannot say (unusable keys) goes in a boolean mask [B or 1, 1, S, T] whose
+  leading dimension is 1 whenever the mask is the same for every example.
+  """
+  args = {'mask': mask.dense()[:, None]}
+  if mask.aligned:
+    args.update(
+      {'is_causal': True} if q_len == kv_len else {'local_window_size': (kv_len, kv_len - q_len)}
+    )
+  return args
 
 
 def einsum_attention(

@@ -75,11 +75,13 @@ def test_chunked_in_bfloat16_is_close_to_float32_reference():
     (models.Transformer, 'rotary'),
   ],
 )
-def test_models_with_chunked_kernel_match_einsum_under_padding_and_traced_latents(
-  model_cls, encoding, monkeypatch
+@pytest.mark.parametrize('impl', ['chunked', 'xla'])
+def test_models_with_other_kernels_match_einsum_under_padding_and_traced_latents(
+  model_cls, encoding, impl, monkeypatch
 ):
   """Whole models, jitted with a traced N at a larger bucket, left-padded input: the chunked
-  kernel's logits and parameter gradients equal the einsum reference's."""
+  kernel's and the XLA kernel's (structural mask arguments) logits and parameter gradients
+  equal the einsum reference's."""
   monkeypatch.setattr(chunked_attention, 'DEFAULT_BLOCK_Q', 8)
   monkeypatch.setattr(chunked_attention, 'DEFAULT_BLOCK_K', 8)
   size = dict(num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=40, dropout_rate=0.0)
@@ -104,7 +106,7 @@ def test_models_with_chunked_kernel_match_einsum_under_padding_and_traced_latent
     return logits, grads
 
   want_logits, want_grads = run('einsum')
-  got_logits, got_grads = run('chunked')
+  got_logits, got_grads = run(impl)
   np.testing.assert_allclose(got_logits, want_logits, atol=1e-5, rtol=1e-5)
   for g, r in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4)
@@ -163,3 +165,36 @@ def test_chunked_memory_grows_linearly_where_einsum_grows_quadratically():
   assert chunked[1] / chunked[0] < 4.0, chunked
   assert einsum[1] / einsum[0] > 8.0, einsum
   assert chunked[1] * 20 < einsum[1], (chunked, einsum)
+
+
+@pytest.mark.parametrize(
+  's, t, per_example',
+  [(6, 20, False), (6, 20, True), (12, 12, False), (12, 12, True)],
+)
+def test_fused_mask_arguments_are_structural_and_exact(s, t, per_example):
+  """`fused_mask_args` for window-aligned masks: `local_window_size=(T, T - S)` (cross-attend)
+  or `is_causal` (self-attention), plus a boolean mask that has batch dimension 1 unless the
+  mask differs per example; through the 'xla' implementation (the same arguments cuDNN
+  takes) they give the einsum reference's result."""
+  rng = np.random.default_rng(s * t + per_example)
+  q, k, v = random_qkv(rng, 3, s, t, 2, 8)
+  q_pos, kv_pos = np.arange(t - s, t)[None], np.arange(t)[None]
+  if per_example:  # left padding: a different number of unusable keys per row
+    key_ok = kv_pos >= np.array([[0], [3], [7]])
+  else:  # inactive latents: the same for every example
+    key_ok = kv_pos >= 2
+  mask = ak.causal_mask(q_pos, kv_pos, key_ok, aligned=True)
+  args = ak.fused_mask_args(mask, s, t)
+  assert args['mask'].shape == ((3 if per_example else 1), 1, s, t)
+  if s == t:
+    assert args['is_causal'] and 'local_window_size' not in args
+  else:
+    assert args['local_window_size'] == (t, t - s) and 'is_causal' not in args
+  got = jax.nn.dot_product_attention(q, k, v, implementation='xla', **args)
+  want = ak.einsum_attention(q, k, v, mask.dense())
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  # The window alone (no boolean mask) is exactly the causal part of the reference.
+  structure = {key: value for key, value in args.items() if key != 'mask'}
+  causal_only = jax.nn.dot_product_attention(q, k, v, implementation='xla', **structure)
+  all_keys = ak.causal_mask(q_pos, kv_pos, np.ones_like(key_ok), aligned=True)
+  np.testing.assert_allclose(causal_only, ak.einsum_attention(q, k, v, all_keys.dense()), atol=2e-6)

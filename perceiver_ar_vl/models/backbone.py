@@ -94,14 +94,15 @@ class Backbone(nn.Module):
     """Final LayerNorm and head; logits in float32 [B, S, vocab]."""
     return self.head(self.final_norm(x_BxSxD)).astype(jnp.float32)
 
-  def _check_window(self, tokens_BxM: jax.Array, input_mask_BxM):
+  def _check_window(self, tokens_BxM: jax.Array, input_mask_BxM) -> jax.Array:
+    """Validates the window; returns the validity mask [B, M], or [1, M] when there is none."""
     if tokens_BxM.ndim != 2:
       raise ValueError(f'tokens must be [batch, window], got shape {tokens_BxM.shape}.')
     batch, context = tokens_BxM.shape
     if context > self.max_context:
       raise ValueError(f'Window of {context} tokens exceeds max_context={self.max_context}.')
-    if input_mask_BxM is None:
-      return jnp.ones((batch, context), bool)
+    if input_mask_BxM is None:  # the same for every example: no per-example masks downstream
+      return jnp.ones((1, context), bool)
     if input_mask_BxM.shape != tokens_BxM.shape:
       raise ValueError(
         f'input_mask shape {input_mask_BxM.shape} must equal tokens shape {tokens_BxM.shape}.'

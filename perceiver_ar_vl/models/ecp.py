@@ -35,10 +35,15 @@ def segment_attention(
   segment_length: int,
   impl: AttentionImpl = 'auto',
 ) -> jax.Array:
-  """ECP's pairwise segment attention: [B, N, H, K] out; N a multiple of `segment_length`."""
+  """ECP's pairwise segment attention: [B, N, H, K] out; N a multiple of `segment_length`.
+
+  positions and key_ok are [B or 1, N].
+  """
   batch, n = q_BxNxHxK.shape[:2]
   m = segment_length
   segments = n // m
+  positions_BxN = jnp.broadcast_to(positions_BxN, (batch, n))  # segments fold into the batch
+  key_ok_BxN = jnp.broadcast_to(key_ok_BxN, (batch, n))
 
   def per_segment(x_BxNx___):  # [B, N, ...] -> [B*S, m, ...]
     return x_BxNx___.reshape(batch * segments, m, *x_BxNx___.shape[2:])
@@ -97,19 +102,19 @@ class ECP(Backbone):
   ) -> jax.Array:
     """Logits [batch, M, vocab], one per window position; M a multiple of segment_length."""
     valid_BxM = self._check_window(tokens_BxM, input_mask)
-    batch, context = tokens_BxM.shape
+    context = tokens_BxM.shape[1]
     m = self.segment_length
     if context % m:
       raise ValueError(
         f'The window of {context} tokens is not a whole number of segments of {m}; use a '
         'window that is a multiple of segment_length.'
       )
-    positions_BxM = jnp.broadcast_to(jnp.arange(context), (batch, context))
-    x_BxMxD = self.embed_tokens(tokens_BxM, positions_BxM)
+    positions_1xM = jnp.arange(context)[None]  # the same for every example
+    x_BxMxD = self.embed_tokens(tokens_BxM, positions_1xM)
     for block in self.blocks:
-      q = block.attention.queries(block.ln_q(x_BxMxD), positions_BxM)
-      k, v = block.keys_values(x_BxMxD, positions_BxM)
-      out_BxMxHxK = segment_attention(q, k, v, positions_BxM, valid_BxM, m, self.attention_impl)
+      q = block.attention.queries(block.ln_q(x_BxMxD), positions_1xM)
+      k, v = block.keys_values(x_BxMxD, positions_1xM)
+      out_BxMxHxK = segment_attention(q, k, v, positions_1xM, valid_BxM, m, self.attention_impl)
       if self.ecp_segment0_out:  # segment 0's own output projection
         first, rest = out_BxMxHxK[:, :m], out_BxMxHxK[:, m:]
         h_BxMxD = jnp.concatenate(

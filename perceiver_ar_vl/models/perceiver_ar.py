@@ -78,39 +78,39 @@ class PerceiverAR(Backbone):
     valid_BxM = self._check_window(tokens_BxM, input_mask)
     batch, context = tokens_BxM.shape
     bucket = check_latents(num_latents, bucket, context)
-    positions_BxM = jnp.broadcast_to(jnp.arange(context), (batch, context))
-    x_BxMxD = self.embed_tokens(tokens_BxM, positions_BxM)
+    positions_1xM = jnp.arange(context)[None]  # the same for every example
+    x_BxMxD = self.embed_tokens(tokens_BxM, positions_1xM)
 
     # Cross-attend: the B latent slots attend to every window position.
-    slot_positions_BxB = positions_BxM[:, context - bucket :]
-    active_BxB = jnp.arange(bucket)[None, :] >= bucket - num_latents
+    slot_positions_1xB = positions_1xM[:, context - bucket :]
+    active_1xB = jnp.arange(bucket)[None, :] >= bucket - num_latents
     key_ok_BxM = valid_BxM
     if self.cross_attend_dropout > 0 and not deterministic:
-      is_prefix_BxM = positions_BxM < context - num_latents
+      is_prefix_1xM = positions_1xM < context - num_latents
       drop_BxM = jax.random.bernoulli(
         self.make_rng('dropout'), self.cross_attend_dropout, (batch, context)
       )
-      key_ok_BxM = key_ok_BxM & ~(is_prefix_BxM & drop_BxM)
-    cross_mask = causal_mask(slot_positions_BxB, positions_BxM, key_ok_BxM)
+      key_ok_BxM = key_ok_BxM & ~(is_prefix_1xM & drop_BxM)
+    cross_mask = causal_mask(slot_positions_1xB, positions_1xM, key_ok_BxM, aligned=True)
     x_q_BxBxD = x_BxMxD[:, context - bucket :]
     if return_keys_values:
-      keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_BxM)]
+      keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_1xM)]
       z_BxBxD = self.cross_attend.attend(
-        x_q_BxBxD, slot_positions_BxB, *keys_values[0], cross_mask, deterministic
+        x_q_BxBxD, slot_positions_1xB, *keys_values[0], cross_mask, deterministic
       )
     else:  # keys/values may be made inside a memory-efficient kernel: M can be long
       keys_values = [None]
       z_BxBxD = self.cross_attend.attend_to(
-        x_q_BxBxD, slot_positions_BxB, x_BxMxD, positions_BxM, cross_mask, deterministic
+        x_q_BxBxD, slot_positions_1xB, x_BxMxD, positions_1xM, cross_mask, deterministic
       )
 
     # Latent self-attention: inactive slots and invalid positions are never keys.
-    latent_ok_BxB = active_BxB & valid_BxM[:, context - bucket :]
-    latent_mask = causal_mask(slot_positions_BxB, slot_positions_BxB, latent_ok_BxB)
+    latent_ok_BxB = active_1xB & valid_BxM[:, context - bucket :]
+    latent_mask = causal_mask(slot_positions_1xB, slot_positions_1xB, latent_ok_BxB, aligned=True)
     for block in self.latent_blocks:
-      keys_values.append(block.keys_values(z_BxBxD, slot_positions_BxB))
+      keys_values.append(block.keys_values(z_BxBxD, slot_positions_1xB))
       z_BxBxD = block.attend(
-        z_BxBxD, slot_positions_BxB, *keys_values[-1], latent_mask, deterministic
+        z_BxBxD, slot_positions_1xB, *keys_values[-1], latent_mask, deterministic
       )
     logits = self.logits(z_BxBxD)
     return (logits, keys_values) if return_keys_values else logits

@@ -33,13 +33,12 @@ class Transformer(Backbone):
     per layer (what a decoding cache keeps).
     """
     valid_BxM = self._check_window(tokens_BxM, input_mask)
-    batch, context = tokens_BxM.shape
-    positions_BxM = jnp.broadcast_to(jnp.arange(context), (batch, context))
-    x_BxMxD = self.embed_tokens(tokens_BxM, positions_BxM)
-    mask = causal_mask(positions_BxM, positions_BxM, valid_BxM)
+    positions_1xM = jnp.arange(tokens_BxM.shape[1])[None]  # the same for every example
+    x_BxMxD = self.embed_tokens(tokens_BxM, positions_1xM)
+    mask = causal_mask(positions_1xM, positions_1xM, valid_BxM, aligned=True)
     keys_values = []
     for block in self.blocks:
-      keys_values.append(block.keys_values(x_BxMxD, positions_BxM))
-      x_BxMxD = block.attend(x_BxMxD, positions_BxM, *keys_values[-1], mask, deterministic)
+      keys_values.append(block.keys_values(x_BxMxD, positions_1xM))
+      x_BxMxD = block.attend(x_BxMxD, positions_1xM, *keys_values[-1], mask, deterministic)
     logits = self.logits(x_BxMxD)
     return (logits, keys_values) if return_keys_values else logits
