@@ -211,6 +211,9 @@ def test_top_k_keeps_exactly_the_k_largest():
     assert np.all(np.take_along_axis(kept, top, axis=-1))
   out = np.asarray(sampling.filter_logits(logits, 2.0, 0, 1.0))
   np.testing.assert_allclose(out, np.asarray(logits) / 2.0, rtol=1e-6)
+  ties = jnp.asarray([[0.0, 1.0, 1.0, 1.0, -1.0]])  # ties go to the lower token id
+  for k, want in ((2, {1, 2}), (3, {1, 2, 3}), (4, {0, 1, 2, 3})):
+    assert set(np.flatnonzero(np.isfinite(sampling.filter_logits(ties, 1.0, k, 1.0)[0]))) == want
 
 
 def test_top_p_keeps_the_smallest_nucleus():
