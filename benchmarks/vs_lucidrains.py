@@ -43,7 +43,7 @@ PEER_MISSING = (
 def our_config():
   c = config_lib.strategy_config('fixed_512', 'gpu')
   c.model.max_context = FLAGS.context
-  c.model.dropout_rate = 0.0
+  c.model.update(dropout_rate=0.0, dtype='float32')
   c.train.batch_size = FLAGS.batch
   return c
 

@@ -127,6 +127,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
       f'Unknown preset {preset!r}; choose one of {PRESETS[1:]} (or none), e.g. '
       'configs/curriculum.py:smoke.'
     )
+  if preset in ('', 'gpu'):
+    c.model.dtype = 'bfloat16'  # the GPU preset computes in bf16 (float32 parameters, loss)
   if preset == 'cpu':
     c.data.name = 'text_file'
     c.model.update(
@@ -277,6 +279,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(m.type, MODEL_TYPES, 'model.type')
   _choice(m.dtype, DTYPES, 'model.dtype')
   _choice(m.attention_impl, ATTENTION_IMPLS, 'model.attention_impl')
+  if m.attention_impl == 'cudnn' and m.dtype == 'float32':
+    raise errors.UserError(
+      "model.attention_impl='cudnn' needs bf16 inputs (cuDNN flash attention has no float32 "
+      "kernel): set --config.model.dtype=bfloat16, or use attention_impl='auto'."
+    )
   _choice(m.position_encoding, models.POSITION_ENCODINGS, 'model.position_encoding')
   _choice(config.data.name, data.NAMES, 'data.name')
   _choice(t.lr_schedule, LR_SCHEDULES, 'train.lr_schedule')

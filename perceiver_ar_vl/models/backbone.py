@@ -78,9 +78,14 @@ class Backbone(nn.Module):
         (self.max_context, self.d_model),
         jnp.float32,
       )
-    self.final_norm = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)
+    # The final LayerNorm and the head compute in float32 whatever the compute dtype: the
+    # logits feed the loss (and softmax sampling), where bf16's 8 bits of mantissa would show.
+    self.final_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
     self.head = nn.Dense(
-      self.vocab_size, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=nn.initializers.zeros
+      self.vocab_size,
+      dtype=jnp.float32,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.zeros,
     )
 
   def embed_tokens(self, tokens_BxT: jax.Array, positions_BxT: jax.Array) -> jax.Array:
@@ -91,8 +96,8 @@ class Backbone(nn.Module):
     return x.astype(self.dtype)
 
   def logits(self, x_BxSxD: jax.Array) -> jax.Array:
-    """Final LayerNorm and head; logits in float32 [B, S, vocab]."""
-    return self.head(self.final_norm(x_BxSxD)).astype(jnp.float32)
+    """Final LayerNorm and head, in float32; logits [B, S, vocab]."""
+    return self.head(self.final_norm(x_BxSxD))
 
   def _check_window(self, tokens_BxM: jax.Array, input_mask_BxM) -> jax.Array:
     """Validates the window; returns the validity mask [B, M], or [1, M] when there is none."""
