@@ -261,6 +261,19 @@ def test_steps_compile_once(perceiver):
   assert sampling._decode_loop._cache_size() == size
 
 
+@pytest.mark.parametrize('cached', [True, False])
+def test_a_sample_split_over_several_calls_is_the_same(perceiver, monkeypatch, cached):
+  """`sample` carries the window, cache, token and step from one compiled call to the next:
+  3 calls of at most 7 steps give what one call gives (resets at steps 0, 5, 10, 15, 20)."""
+  model, variables = perceiver
+  kwargs = dict(length=20, num_latents=8, cached=cached, seed=4, return_logits=True)
+  tokens, logits = sampling.sample(model, variables, prompt(11), **kwargs)
+  monkeypatch.setattr(sampling, 'STEPS_PER_CALL', 7)
+  split_tokens, split_logits = sampling.sample(model, variables, prompt(11), **kwargs)
+  np.testing.assert_array_equal(split_tokens, tokens)
+  np.testing.assert_allclose(split_logits, logits, atol=1e-6, rtol=0)
+
+
 def test_absolute_positions_sample_uncached_only():
   model = models.PerceiverAR(**TINY, position_encoding='absolute')
   variables = random_variables(model, 5)
