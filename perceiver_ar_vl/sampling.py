@@ -475,7 +475,9 @@ def _decode_loop(
   """
   batch = state.token_B.shape[0]
   tokens_BxS = jnp.zeros((batch, STEPS_PER_CALL), jnp.int32)
-  logits_BxSxV = jnp.zeros((batch, STEPS_PER_CALL, model.vocab_size), jnp.float32)
+  logits_BxSxV = None
+  if keep_logits:
+    logits_BxSxV = jnp.zeros((batch, STEPS_PER_CALL, model.vocab_size), jnp.float32)
   steps_S = state.step + jnp.arange(STEPS_PER_CALL)
   noise_SxBxV = _gumbel_noise(knobs, steps_S, (batch, model.vocab_size))
 
@@ -492,7 +494,7 @@ def _decode_loop(
   state, tokens_BxS, logits_BxSxV = jax.lax.fori_loop(
     0, num_steps, body, (state, tokens_BxS, logits_BxSxV)
   )
-  return state, tokens_BxS, (logits_BxSxV if keep_logits else None)
+  return state, tokens_BxS, logits_BxSxV
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'max_latents'))
