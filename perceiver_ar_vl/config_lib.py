@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.max_wavelength = 10_000.0
   c.model.attention_impl = 'auto'  # auto | einsum | xla | cudnn | chunked
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  c.model.remat = 'none'  # none | block | dots: recompute activations in the backward pass
   # ECP (model.type='ecp'; README "ECP"): segment length m (window / 8, as the authors' 8
   # segments), and the authors' three choices, off by default (our standard attention).
   c.model.ecp_segment_length = 128
@@ -227,6 +228,7 @@ def create_model(
     max_wavelength=m.max_wavelength,
     attention_impl=m.attention_impl,
     dtype=jnp.dtype(m.dtype),
+    remat=m.remat,
   )
   if m.type == 'transformer':
     return models.Transformer(**kwargs)
@@ -279,6 +281,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(m.type, MODEL_TYPES, 'model.type')
   _choice(m.dtype, DTYPES, 'model.dtype')
   _choice(m.attention_impl, ATTENTION_IMPLS, 'model.attention_impl')
+  _choice(m.remat, tuple(models.REMAT_POLICIES), 'model.remat')
+  if m.type == 'ecp' and m.remat != 'none':
+    raise errors.UserError("model.remat is not supported for ECP yet; set model.remat='none'.")
   if m.attention_impl == 'cudnn' and m.dtype == 'float32':
     raise errors.UserError(
       "model.attention_impl='cudnn' needs bf16 inputs (cuDNN flash attention has no float32 "

@@ -9,7 +9,11 @@ import flax.linen as nn  # noqa: F401 (tests intercept module methods through it
 import jax
 
 from perceiver_ar_vl.attention import causal_mask  # noqa: F401 (re-exported)
-from perceiver_ar_vl.models.backbone import POSITION_ENCODINGS, Backbone  # noqa: F401
+from perceiver_ar_vl.models.backbone import (  # noqa: F401
+  POSITION_ENCODINGS,
+  REMAT_POLICIES,
+  Backbone,
+)
 from perceiver_ar_vl.models.ecp import ECP, segment_attention  # noqa: F401
 from perceiver_ar_vl.models.perceiver_ar import PerceiverAR, check_latents  # noqa: F401
 from perceiver_ar_vl.models.transformer import Transformer  # noqa: F401

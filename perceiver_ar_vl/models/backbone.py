@@ -10,6 +10,15 @@ from perceiver_ar_vl.attention import ATTENTION_IMPLS, AttentionImpl
 from perceiver_ar_vl.blocks import ACTIVATIONS, AttentionBlock
 
 POSITION_ENCODINGS = ('rotary', 'absolute')
+# Rematerialisation of each block's attention + MLP in the backward pass (`model.remat`):
+# 'none' keeps every activation; 'block' keeps only the block's inputs and recomputes the rest
+# (least memory, ~1/3 more compute); 'dots' keeps the outputs of matmuls with weights and
+# recomputes the elementwise work and attention (jax's dots_with_no_batch_dims_saveable).
+REMAT_POLICIES = {
+  'none': None,
+  'block': jax.checkpoint_policies.nothing_saveable,
+  'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Backbone(nn.Module):
@@ -28,6 +37,7 @@ class Backbone(nn.Module):
   max_wavelength: float = 10_000.0
   attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
+  remat: str = 'none'  # see REMAT_POLICIES
 
   def _check_fields(self):
     if self.position_encoding not in POSITION_ENCODINGS:
@@ -42,6 +52,8 @@ class Backbone(nn.Module):
       raise ValueError(
         f'Unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}.'
       )
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'Unknown remat {self.remat!r}; choose one of {tuple(REMAT_POLICIES)}.')
     if self.num_layers < 1:
       raise ValueError(f'num_layers must be >= 1, got {self.num_layers}.')
 
@@ -61,7 +73,15 @@ class Backbone(nn.Module):
       dtype=self.dtype,
       name=name,
     )
-    return AttentionBlock(**{**settings, **overrides})
+    block_cls = AttentionBlock
+    if self.remat != 'none':  # attend/attend_to(self, ..., mask, deterministic): arg 6 static
+      block_cls = nn.remat(
+        AttentionBlock,
+        policy=REMAT_POLICIES[self.remat],
+        static_argnums=(6,),
+        methods=['attend', 'attend_to'],
+      )
+    return block_cls(**{**settings, **overrides})
 
   def _setup_common(self):
     self._check_fields()

@@ -86,6 +86,8 @@ class ECP(Backbone):
 
   def setup(self):
     self._setup_common()
+    if self.remat != 'none':
+      raise ValueError("ECP does not support remat yet; use model.remat='none'.")
     if self.segment_length < 1:
       raise ValueError(f'segment_length must be >= 1, got {self.segment_length}.')
     rotary = self.position_encoding == 'rotary'
