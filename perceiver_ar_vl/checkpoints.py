@@ -1,18 +1,33 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: atomic saves, restore of the latest step.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a run
-killed mid-save leaves the previous checkpoint intact and the half-written one is ignored.
+Orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` when
+complete, so a run killed mid-save leaves the previous checkpoints intact; the unfinished
+directory is not listed as a step and is overwritten or cleaned up later. A step that was
+damaged after its commit (truncated or deleted files, a filesystem without atomic rename) is
+found when restoring: training then resumes from the newest step that restores, with a warning
+naming the skipped one, which is moved to `<workdir>/unreadable_checkpoints/`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging as std_logging
 import os
+import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
-from perceiver_ar_vl import errors
+from perceiver_ar_vl import errors, parallel
+
+# Orbax's name for a step directory still being written (a suffix may follow).
+UNFINISHED_MARKER = '.orbax-checkpoint-tmp'
+UNREADABLE_DIR = 'unreadable_checkpoints'
 
 
 class CheckpointError(errors.UserError, RuntimeError):
@@ -20,17 +35,26 @@ class CheckpointError(errors.UserError, RuntimeError):
   model); the message names the step, the mismatched parameter and what to do."""
 
 
+class UnreadableCheckpointError(CheckpointError):
+  """A step whose files cannot be read: corrupt, truncated or partly deleted."""
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def manager(workdir: str, max_to_keep: int = 3, create: bool = True) -> ocp.CheckpointManager:
+def manager(
+  workdir: str, max_to_keep: int = 3, create: bool = True, remove_unfinished: bool = False
+) -> ocp.CheckpointManager:
   """The workdir's checkpoint manager (keeps the newest `max_to_keep` steps).
 
   Its item handler is given up front so that `item_metadata` can read a step's array shapes
-  before restoring it.
+  before restoring it. `remove_unfinished` deletes the directories of saves that never
+  completed (see `unfinished_saves`); training sets it, readers leave the directory alone.
   """
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=remove_unfinished
+  )
   return ocp.CheckpointManager(
     checkpoint_dir(workdir), options=options, item_handlers=ocp.StandardCheckpointHandler()
   )
@@ -77,8 +101,10 @@ def _path_name(path: tuple) -> str:
   return name.replace('params/params/', 'params/', 1)  # TrainState.params holds {'params': ...}
 
 
-def _unreadable(mngr: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointError:
-  return CheckpointError(
+def _unreadable(
+  mngr: ocp.CheckpointManager, step: int, error: Exception
+) -> UnreadableCheckpointError:
+  return UnreadableCheckpointError(
     f'Checkpoint step {step} in {mngr.directory} could not be restored ({type(error).__name__}: '
     f'{" ".join(str(error).split())[:300]}). It is corrupt or was written by a different model '
     f'config. Use the same config as the run that wrote it, or move that step directory away '
@@ -135,3 +161,116 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None =
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:  # orbax raises many types for damaged or mismatched files
     raise _unreadable(mngr, step, e) from e
+
+
+def unfinished_saves(workdir: str) -> list[str]:
+  """Names of the step directories in `workdir`'s checkpoints that a save interrupted before
+  its commit left behind (a run killed mid-save); they hold no restorable step."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(name for name in os.listdir(directory) if UNFINISHED_MARKER in name)
+
+
+def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state: Any) -> tuple[Any, int]:
+  """(state, step) of the newest step that restores; raises CheckpointError if none does.
+
+  A step whose files cannot be read is skipped with a warning naming it, and moved to
+  `<workdir>/unreadable_checkpoints/` so that the step can be saved again and evaluation does
+  not pick it up. A step written by a different model stops at once: an older step of the same
+  run would not fit either. With several processes, every process must call this.
+  """
+  skipped: list[tuple[int, str]] = []  # (step, why it cannot be read)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      with _quiet_abandoned_reads():
+        state = restore(mngr, abstract_state, step)
+    except UnreadableCheckpointError as e:
+      skipped.append((step, _cause(e)))
+      continue
+    for bad, why in skipped:
+      logging.warning(
+        'Skipping checkpoint step %d in %s: it cannot be read (%s). Resuming from step %d, '
+        'the newest intact one; step %d is moved to %s.',
+        bad,
+        mngr.directory,
+        why,
+        step,
+        bad,
+        _unreadable_dir(mngr),
+      )
+    _set_aside(mngr, [bad for bad, _ in skipped])
+    return state, step
+  if not skipped:
+    raise CheckpointError(f'No checkpoint in {mngr.directory} to resume from.')
+  steps = [bad for bad, _ in skipped]
+  raise CheckpointError(
+    f'No intact checkpoint in {mngr.directory}: every step ({steps}) is unreadable (step '
+    f'{steps[0]}: {skipped[0][1]}). Training does not start over on top of them: move the '
+    'checkpoints directory away (or use a fresh --workdir) to start from scratch.'
+  )
+
+
+def _is_abandoned_read(error: BaseException | None, message: str = '') -> bool:
+  """An error that the reads of a failed restore raise after orbax gave up on them."""
+  text = f'{error} {message}'
+  return 'Event loop is closed' in text or 'exception was never retrieved' in text
+
+
+@contextlib.contextmanager
+def _quiet_abandoned_reads() -> Iterator[None]:
+  """Keeps a failed restore from printing tens of tracebacks before its one-line warning.
+
+  Orbax reads a step's arrays concurrently. When a read of a damaged step fails, orbax closes
+  its event loop while the other reads are in flight; as they finish they fail against the
+  closed loop (printed through sys.excepthook / sys.unraisablehook), and asyncio logs the
+  errors nobody retrieved. Those errors only are dropped, while restoring.
+  """
+  logger = std_logging.getLogger('asyncio')
+  keep = lambda record: not _is_abandoned_read(None, record.getMessage())
+  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+  def quiet_excepthook(kind, error, traceback):
+    if not _is_abandoned_read(error):
+      excepthook(kind, error, traceback)
+
+  def quiet_unraisablehook(unraisable):
+    if not _is_abandoned_read(unraisable.exc_value):
+      unraisablehook(unraisable)
+
+  logger.addFilter(keep)
+  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+  try:
+    yield
+  finally:
+    gc.collect()  # abandoned tasks report when collected: while the filter is on
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    logger.removeFilter(keep)
+
+
+def _cause(error: Exception) -> str:
+  """The orbax/tensorstore error behind `error`, on one line and short."""
+  cause = error.__cause__ or error
+  return f'{type(cause).__name__}: {" ".join(str(cause).split())[:200]}'
+
+
+def _unreadable_dir(mngr: ocp.CheckpointManager) -> str:
+  return os.path.join(os.path.dirname(str(mngr.directory)), UNREADABLE_DIR)
+
+
+def _set_aside(mngr: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves the directories of `steps` to `<workdir>/unreadable_checkpoints/` (process 0, once
+  every process has restored) and makes every process's manager forget them."""
+  if not steps:
+    return
+  parallel.barrier('checkpoints: restored')
+  if jax.process_index() == 0:
+    target = _unreadable_dir(mngr)
+    os.makedirs(target, exist_ok=True)
+    for step in steps:
+      name = str(step)
+      if os.path.exists(os.path.join(target, name)):
+        name = f'{step}.{time.strftime("%Y%m%d-%H%M%S")}'
+      os.replace(os.path.join(str(mngr.directory), str(step)), os.path.join(target, name))
+  parallel.barrier('checkpoints: set aside')
+  mngr.reload()

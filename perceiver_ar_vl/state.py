@@ -55,11 +55,15 @@ def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array):
 
 
 def _new_state_fn(config: ml_collections.ConfigDict, model):
-  """rng -> a fresh TrainState (what both the real and the abstract state are traced from)."""
+  """rng -> a fresh TrainState (what both the real and the abstract state are traced from).
+
+  Its step is a strongly typed int32, as a restored one is (`TrainState.create`'s Python 0
+  would be weakly typed): a fresh and a resumed run then run the same compiled train_step.
+  """
   tx, _ = make_optimizer(config.train)
   return lambda rng: TrainState.create(
     apply_fn=model.apply, params=init_params(model, config, rng), tx=tx
-  )
+  ).replace(step=jnp.zeros((), jnp.int32))
 
 
 def create_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:

@@ -3,15 +3,24 @@ over a Mesh, orbax checkpoints with exact resume, metrics, NaN guard, SIGTERM/SI
 
 A step with N latents runs the train_step compiled for bucket B = bucket_for(N): N is a traced
 int32 argument, B a static shape, so a run compiles once per bucket it uses.
+
+Kill safety: a run killed at any moment (SIGKILL included) and started again with the same
+command ends with the same parameters, losses and validation bits as one never interrupted. It
+resumes from the newest intact checkpoint (checkpoints.restore_newest_intact), draws the same
+data and dropout from (seed, step), drops the metric records of the steps it does again, and
+writes its small files atomically. On SIGTERM/SIGINT every process stops after the same step
+(_StopVote), saves it and exits 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.sharding import Mesh
 
 from perceiver_ar_vl import (
   checkpoints,
@@ -112,7 +122,8 @@ class _StopSignal:
   """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
 
   def __init__(self):
-    self.received = None
+    self.received: str | None = None  # the signal's name
+    self.number = 0  # its number (0: none), what processes exchange
     self._previous = {}
 
   def __enter__(self):
@@ -126,10 +137,137 @@ class _StopSignal:
   def _handle(self, signum, frame):
     del frame
     self.received = signal.Signals(signum).name
+    self.number = int(signum)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+class _StopVote:
+  """Decides, identically on every process, after which step a signalled run stops.
+
+  A signal reaches one process (a preempted host, Ctrl-C in one terminal). Stopping on its own,
+  that process would enter the checkpoint save (a collective) while the others run the next
+  step's all-reduce, and the job would hang. So with several processes every step adds an
+  all-gather of each process's signal over the mesh: dispatched asynchronously and read one step
+  later, it gives every process the same answer after the same step, and the host never waits
+  for the step it just dispatched (the stop comes one step after the signal). A single process
+  needs no vote: it stops after the step during which the signal came.
+  """
+
+  def __init__(self, stop: _StopSignal, mesh: Mesh):
+    self._stop = stop
+    self._mesh = mesh
+    self._process_of = [device.process_index for device in mesh.devices.flat]
+    self._gather = jax.jit(lambda codes: codes, out_shardings=parallel.replicated(mesh))
+    self._ballot: jax.Array | None = None  # the all-gather dispatched after the previous step
+
+  def after_step(self) -> str | None:
+    """None to go on; otherwise why to stop, e.g. 'SIGTERM on process 1'."""
+    if jax.process_count() == 1:
+      return self._stop.received
+    previous, self._ballot = self._ballot, self._dispatch()
+    if previous is None:
+      return None
+    codes = np.asarray(previous.addressable_data(0))
+    voters = sorted({(self._process_of[i], int(c)) for i, c in enumerate(codes) if c})
+    return ', '.join(f'{signal.Signals(c).name} on process {p}' for p, c in voters) or None
+
+  def _dispatch(self) -> jax.Array:
+    """Starts the all-gather of every device's copy of its process's signal number."""
+    local = np.full((jax.local_device_count(),), self._stop.number, np.int32)
+    codes = jax.make_array_from_process_local_data(parallel.batch_sharded(self._mesh), local)
+    return self._gather(codes)
+
+
+class _CompiledSteps:
+  """train_step jitted once per latent bucket; `compiles` counts the traces of each bucket."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh, schedule):
+    self._config, self._model, self._mesh, self._schedule = config, model, mesh, schedule
+    self._fns: dict[int, Callable] = {}
+    self.compiles: dict[int, int] = {}
+
+  def __call__(self, bucket: int) -> Callable:
+    if bucket not in self._fns:
+      t = self._config.train
+      step = functools.partial(
+        train_step,
+        model=self._model,
+        bucket=bucket,
+        z_loss=t.z_loss,
+        grad_accum_steps=t.grad_accum_steps,
+        schedule=self._schedule,
+      )
+
+      def counted(*args):
+        self.compiles[bucket] = self.compiles.get(bucket, 0) + 1  # runs at trace time only
+        logging.info('Compiling train_step for bucket %d.', bucket)
+        return step(*args)
+
+      rep, rows = parallel.replicated(self._mesh), parallel.batch_sharded(self._mesh)
+      self._fns[bucket] = jax.jit(
+        counted, donate_argnums=0, in_shardings=(rep, rows, rep, rep), out_shardings=(rep, rep)
+      )
+    return self._fns[bucket]
+
+
+class _MetricLog:
+  """Step metrics stay on device until `flush` (every log_every steps and before each save),
+  which checks them for NaN, writes them and logs the last with the window's throughput."""
+
+  def __init__(self, writer: metrics.MetricWriter, config: ml_collections.ConfigDict, workdir: str):
+    self._writer, self._config, self._workdir = writer, config, workdir
+    self._pending: list[tuple[int, int, int, dict]] = []
+    self._start, self._steps, self._tokens = time.perf_counter(), 0, 0.0
+
+  def add(self, step: int, n: int, bucket: int, device_metrics: dict) -> None:
+    self._pending.append((step, n, bucket, device_metrics))
+    self._steps += 1
+    self._tokens += self._config.train.batch_size * n
+
+  def flush(self, last_saved: int) -> None:
+    records = []
+    for step, n, bucket, device_metrics in self._pending:
+      r = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+      waste = latents.padding_waste(n, self._config.latents.buckets)  # slots per active latent
+      records.append(
+        {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
+      )
+    self._pending.clear()
+    _check_finite(records, self._workdir, last_saved)
+    elapsed = max(time.perf_counter() - self._start, 1e-9)
+    steps_per_sec, tokens_per_sec = self._steps / elapsed, self._tokens / elapsed
+    for r in records:
+      self._writer.write(
+        r['step'],
+        {
+          **{k: v for k, v in r.items() if k != 'step'},
+          'steps_per_sec': steps_per_sec,
+          'target_tokens_per_sec': tokens_per_sec,
+        },
+      )
+    if records:
+      r, total = records[-1], self._config.train.steps
+      eta = (total - r['step']) / max(steps_per_sec, 1e-9)
+      logging.info(
+        'step %d/%d  loss %.4f  bpb %.3f  N %d  B %d  %.2f steps/s  %.0f tok/s  ETA %s',
+        r['step'],
+        total,
+        r['loss'],
+        r['bits_per_byte'],
+        r['num_latents'],
+        r['bucket'],
+        steps_per_sec,
+        tokens_per_sec,
+        metrics.format_duration(eta),
+      )
+    self._start, self._steps, self._tokens = time.perf_counter(), 0, 0.0
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    """Writes `scalars` (e.g. validation bits) at `step` at once."""
+    self._writer.write(step, scalars)
 
 
 def latent_count(config: ml_collections.ConfigDict, step: int) -> int:
@@ -148,19 +286,32 @@ def latent_count(config: ml_collections.ConfigDict, step: int) -> int:
   )
 
 
+def _write_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename, so a kill mid-write
+  leaves the old file or the new one, never a truncated one."""
+  tmp = f'{path}.{os.getpid()}.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    _write_atomically(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
 
 
-def _check_finite(records: list[dict], workdir: str, last_saved: int | None) -> None:
+def _check_finite(records: list[dict], workdir: str, last_saved: int) -> None:
   for r in records:
     if not np.isfinite(r['loss']):
+      kept = (
+        f'The last good checkpoint (step {last_saved}) is kept in '
+        f'{checkpoints.checkpoint_dir(workdir)}.'
+        if last_saved
+        else 'No checkpoint was saved before.'
+      )
       raise NonFiniteLossError(
-        f'Loss is {r["loss"]} at step {r["step"]}; training stopped. The last good checkpoint '
-        f'(step {last_saved}) is kept in {checkpoints.checkpoint_dir(workdir)}. Lower '
+        f'Loss is {r["loss"]} at step {r["step"]}; training stopped. {kept} Lower '
         f'train.learning_rate, raise train.warmup_steps or use model.dtype=float32.'
       )
 
@@ -179,18 +330,9 @@ def validation_bits(config, model, params, dataset, mesh) -> float:
   return result['bits']
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run in `workdir`; returns a summary of this invocation.
-
-  The summary holds 'start_step', 'final_step', 'compiles' ({bucket: traces}), 'buckets_used',
-  'train_seconds' (wall-clock of every invocation on this workdir, summed) and, when it ran,
-  'validation_bits'. It is also written to `train_summary.json`. Re-running a finished run
-  returns at once.
-  """
-  started = time.perf_counter()
-  config_lib.validate(config)
-  t = config.train
-  mesh = parallel.make_mesh()
+def _check_batch(t: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """The global batch splits evenly over the devices and each process's rows over the
+  microbatches; raises UserError if not."""
   parallel.check_batch_size(t.batch_size, mesh)
   if (t.batch_size // jax.process_count()) % t.grad_accum_steps:
     raise errors.UserError(
@@ -198,159 +340,196 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       f'{t.batch_size // jax.process_count()} rows per process, not divisible by '
       f'train.grad_accum_steps={t.grad_accum_steps}; change either.'
     )
+
+
+def _warn_unfinished_saves(workdir: str) -> None:
+  """Names the checkpoint writes that a killed run left unfinished (the manager that training
+  opens removes them; they never held a restorable step)."""
+  unfinished = checkpoints.unfinished_saves(workdir)
+  if unfinished and jax.process_index() == 0:
+    logging.warning(
+      'Removing unfinished checkpoint writes in %s left by an interrupted run: %s.',
+      checkpoints.checkpoint_dir(workdir),
+      ', '.join(unfinished),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What the steps of one training invocation share."""
+
+  config: ml_collections.ConfigDict
+  model: Any
+  mesh: Mesh
+  dataset: data.ByteDataset
+  mngr: Any  # orbax CheckpointManager
+
+
+def _resume_or_start(run: _Run, workdir: str) -> tuple[state_lib.TrainState, int]:
+  """(state, step) to train from: the newest intact checkpoint in `workdir`, or a fresh state
+  at step 0 when it holds none. Checkpoints that exist but none of which restores raise
+  CheckpointError: a fresh start would hide them under new ones."""
+  if not run.mngr.all_steps():
+    return state_lib.create_train_state(run.config, run.model, run.mesh), 0
+  abstract_state = state_lib.abstract_train_state(run.config, run.model, run.mesh)
+  state, step = checkpoints.restore_newest_intact(run.mngr, abstract_state)
+  logging.info('Resumed from step %d in %s.', step, workdir)
+  return state, step
+
+
+def _drop_metrics_after(workdir: str, step: int) -> None:
+  """Drops the metrics.jsonl records of steps after `step`, and a last line cut short by a kill.
+
+  A run killed after its last checkpoint logged steps that the resumed run does again; without
+  this they would appear twice. Process 0 rewrites the file atomically.
+  """
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        dropped += 1
+        continue
+      if record.get('step', 0) > step:
+        dropped += 1
+      else:
+        kept.append(line if line.endswith('\n') else line + '\n')
+  if dropped:
+    _write_atomically(path, ''.join(kept))
+    logging.info('Dropped %d metric records after step %d from %s.', dropped, step, path)
+
+
+def _recorded_validation_bits(workdir: str, step: int) -> float | None:
+  """The validation bits per byte that metrics.jsonl holds for `step`, if any."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return None
+  bits = [
+    r['validation_bits_per_byte']
+    for r in metrics.read_jsonl(path)
+    if r.get('step') == step and 'validation_bits_per_byte' in r
+  ]
+  return bits[-1] if bits else None
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`; returns a summary of this invocation.
+
+  The summary holds 'start_step', 'final_step', 'compiles' ({bucket: traces}), 'buckets_used',
+  'train_seconds' (wall-clock of every invocation on this workdir, summed) and, once the run
+  is finished, 'validation_bits'. It is also written to `train_summary.json`. Re-running a
+  finished run returns at once (it only scores validation if a kill prevented that before).
+  """
+  started = time.perf_counter()
+  config_lib.validate(config)
+  t = config.train
+  mesh = parallel.make_mesh()
+  _check_batch(t, mesh)
   model = config_lib.create_model(config)
   dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
 
-  mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints)
-  start_step = mngr.latest_step() or 0
-  if start_step:
-    state = checkpoints.restore(mngr, state_lib.abstract_train_state(config, model, mesh))
-    logging.info('Resumed from step %d in %s.', start_step, workdir)
-  else:
-    state = state_lib.create_train_state(config, model, mesh)
-  _write_config(config, workdir)  # after a restore: a mismatched config leaves the old one
-  summary = {'start_step': start_step, 'final_step': start_step, 'compiles': {}, 'buckets_used': []}
-  if start_step >= t.steps:
-    logging.info('Run in %s already finished at step %d of %d.', workdir, start_step, t.steps)
-    mngr.close()
-    _write_summary(summary, workdir, 0.0)
-    return summary
-
-  _, schedule = state_lib.make_optimizer(t)
-  base_rng = jax.random.PRNGKey(config.seed + 1)
-  compiles: dict[int, int] = {}
-  step_fns: dict[int, Any] = {}
-
-  def step_fn_for(bucket: int):
-    if bucket not in step_fns:
-
-      def counted(*args):
-        compiles[bucket] = compiles.get(bucket, 0) + 1  # runs at trace time only
-        logging.info('Compiling train_step for bucket %d.', bucket)
-        return functools.partial(
-          train_step,
-          model=model,
-          bucket=bucket,
-          z_loss=t.z_loss,
-          grad_accum_steps=t.grad_accum_steps,
-          schedule=schedule,
-        )(*args)
-
-      rep, data_sharding = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-      step_fns[bucket] = jax.jit(
-        counted,
-        donate_argnums=0,
-        in_shardings=(rep, data_sharding, rep, rep),
-        out_shardings=(rep, rep),
-      )
-    return step_fns[bucket]
-
-  writer = metrics.MetricWriter(
-    workdir, use_wandb=t.wandb, wandb_project=t.wandb_project, config=config.to_dict()
-  )
-  batches = dataset.train_batches(
-    start_step, t.steps, t.batch_size, config.seed, jax.process_index(), jax.process_count()
-  )
-  pending: list[tuple[int, int, int, dict]] = []
-  last_saved = start_step or None
-  window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
-
-  def flush() -> None:
-    nonlocal window_start, window_steps, window_tokens
-    records = []
-    for step, n, bucket, device_metrics in pending:
-      r = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-      waste = latents.padding_waste(n, config.latents.buckets)  # bucket slots per active latent
-      records.append(
-        {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
-      )
-    pending.clear()
-    _check_finite(records, workdir, last_saved)
-    elapsed = max(time.perf_counter() - window_start, 1e-9)
-    steps_per_sec, tokens_per_sec = window_steps / elapsed, window_tokens / elapsed
-    for r in records:
-      writer.write(
-        r['step'],
-        {
-          **{k: v for k, v in r.items() if k != 'step'},
-          'steps_per_sec': steps_per_sec,
-          'target_tokens_per_sec': tokens_per_sec,
-        },
-      )
-    if records:
-      r = records[-1]
-      eta = (t.steps - r['step']) / max(steps_per_sec, 1e-9)
-      logging.info(
-        'step %d/%d  loss %.4f  bpb %.3f  N %d  B %d  %.2f steps/s  %.0f tok/s  ETA %s',
-        r['step'],
-        t.steps,
-        r['loss'],
-        r['bits_per_byte'],
-        r['num_latents'],
-        r['bucket'],
-        steps_per_sec,
-        tokens_per_sec,
-        metrics.format_duration(eta),
-      )
-    window_start, window_steps, window_tokens = time.perf_counter(), 0, 0.0
-
-  def save(step_done: int) -> None:
-    nonlocal last_saved
-    flush()  # never checkpoint a state whose loss was not checked
-    checkpoints.save(mngr, step_done, state)
-    last_saved = step_done
-
+  _warn_unfinished_saves(workdir)
+  mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints, remove_unfinished=True)
+  run = _Run(config, model, mesh, dataset, mngr)
+  steps = _CompiledSteps(config, model, mesh, state_lib.make_optimizer(t)[1])
+  writer = None
   try:
-    with _StopSignal() as stop:
-      for step in range(start_step, t.steps):
-        n = latent_count(config, step)
-        bucket = latents.bucket_for(n, config.latents.buckets)
-        batch = parallel.global_batch(next(batches), mesh)
-        state, device_metrics = step_fn_for(bucket)(state, batch, jnp.int32(n), base_rng)
-        pending.append((step + 1, n, bucket, device_metrics))
-        window_steps += 1
-        window_tokens += t.batch_size * n
-        done = step + 1
-        if done % t.log_every == 0:
-          flush()
-        if done % t.checkpoint_every == 0 or done == t.steps or stop.received:
-          save(done)
-        if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-          writer.write(
-            done,
-            {
-              'validation_bits_per_byte': validation_bits(
-                config, model, state.params, dataset, mesh
-              )
-            },
-          )
-        if stop.received:
-          logging.warning('Received %s: saved step %d, exiting.', stop.received, done)
-          break
-    summary['final_step'] = last_saved or start_step
-    if summary['final_step'] >= t.steps:
-      bits = validation_bits(config, model, state.params, dataset, mesh)
-      writer.write(t.steps, {'validation_bits_per_byte': bits})
-      logging.info('Validation bits per byte at step %d: %.4f', t.steps, bits)
-      summary['validation_bits'] = bits
+    with _StopSignal() as stop:  # from here on, a signal ends in a checkpoint
+      state, start_step = _resume_or_start(run, workdir)
+      _write_config(config, workdir)  # after a restore: a mismatched config leaves the old one
+      _drop_metrics_after(workdir, start_step)
+      writer = metrics.MetricWriter(
+        workdir, use_wandb=t.wandb, wandb_project=t.wandb_project, config=config.to_dict()
+      )
+      last_saved = start_step
+      if start_step >= t.steps:
+        logging.info('Run in %s already finished at step %d of %d.', workdir, start_step, t.steps)
+      else:
+        log = _MetricLog(writer, config, workdir)
+        state, last_saved = _train_steps(run, state, start_step, steps, log, _StopVote(stop, mesh))
+    summary = {'start_step': start_step, 'final_step': last_saved}
+    if last_saved >= t.steps:
+      summary['validation_bits'] = _final_validation(run, state.params, writer, workdir)
   finally:
     mngr.wait_until_finished()
     mngr.close()
-    writer.close()
-  summary['compiles'] = dict(compiles)
-  summary['buckets_used'] = sorted(compiles)
+    if writer is not None:
+      writer.close()
+  summary['compiles'] = dict(steps.compiles)
+  summary['buckets_used'] = sorted(steps.compiles)
   _write_summary(summary, workdir, time.perf_counter() - started)
   return summary
 
 
+def _train_steps(
+  run: _Run,
+  state: state_lib.TrainState,
+  start_step: int,
+  steps: _CompiledSteps,
+  log: _MetricLog,
+  vote: _StopVote,
+) -> tuple[state_lib.TrainState, int]:
+  """Steps from `start_step` to train.steps, or to the step after which `vote` says stop;
+  checkpoints every checkpoint_every steps, at the end and at a stop. Returns the state and
+  the last step saved."""
+  config, mesh = run.config, run.mesh
+  t = config.train
+  base_rng = jax.random.PRNGKey(config.seed + 1)
+  batches = run.dataset.train_batches(
+    start_step, t.steps, t.batch_size, config.seed, jax.process_index(), jax.process_count()
+  )
+  last_saved = start_step
+  for step in range(start_step, t.steps):
+    n = latent_count(config, step)
+    bucket = latents.bucket_for(n, config.latents.buckets)
+    batch = parallel.global_batch(next(batches), mesh)
+    state, device_metrics = steps(bucket)(state, batch, jnp.int32(n), base_rng)
+    done = step + 1
+    log.add(done, n, bucket, device_metrics)
+    stop = vote.after_step()
+    if done % t.log_every == 0:
+      log.flush(last_saved)
+    if done % t.checkpoint_every == 0 or done == t.steps or stop:
+      log.flush(last_saved)  # never checkpoint a state whose loss was not checked
+      checkpoints.save(run.mngr, done, state)
+      last_saved = done
+    if t.eval_every and done % t.eval_every == 0 and done != t.steps:
+      bits = validation_bits(config, run.model, state.params, run.dataset, mesh)
+      log.write(done, {'validation_bits_per_byte': bits})
+    if stop:
+      logging.warning('Stopping after step %d (%s): saved step %d, exiting.', done, stop, done)
+      break
+  return state, last_saved
+
+
+def _final_validation(run: _Run, params, writer: metrics.MetricWriter, workdir: str) -> float:
+  """Validation bits per byte of the finished run: scored and written to the metrics once
+  (a rerun of a run killed before it scored them scores them then)."""
+  steps = run.config.train.steps
+  bits = _recorded_validation_bits(workdir, steps)
+  if bits is None:
+    bits = validation_bits(run.config, run.model, params, run.dataset, run.mesh)
+    writer.write(steps, {'validation_bits_per_byte': bits})
+  logging.info('Validation bits per byte at step %d: %.4f', steps, bits)
+  return bits
+
+
 def _write_summary(summary: dict[str, Any], workdir: str, seconds: float) -> None:
-  """Adds this invocation's wall-clock to the workdir's total and writes train_summary.json."""
+  """Adds this invocation's wall-clock to the workdir's total and writes train_summary.json
+  (atomically; an unreadable old one counts as no time)."""
   path = os.path.join(workdir, 'train_summary.json')
   previous = 0.0
-  if os.path.exists(path):
+  try:
     with open(path) as f:
-      previous = json.load(f).get('train_seconds', 0.0)
+      previous = float(json.load(f).get('train_seconds', 0.0))
+  except (OSError, ValueError, AttributeError):
+    pass
   summary['train_seconds'] = previous + seconds
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(summary, f, indent=2)
+    _write_atomically(path, json.dumps(summary, indent=2))
