@@ -3,13 +3,16 @@
 Two `launch.py` processes with one CPU device each (2 global devices, cross-process
 collectives over gloo) train the same run as one process with 2 simulated devices: the global
 batch and the N schedule are identical by construction, so every step's loss, the checkpoints
-and the final parameters must match. Two processes preparing one text file into one shared
-data_dir prepare it once.
+and the final parameters must match. On the way, only one of the two gets SIGTERM: both stop
+after the same step, save it together and exit, and the same command resumes them. Two
+processes preparing one text file into one shared data_dir prepare it once.
 """
 
 import hashlib
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -23,13 +26,13 @@ from perceiver_ar_vl import byte_datasets, checkpoints, config_lib, metrics
 from perceiver_ar_vl import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 6
+STEPS, EVERY = 8, 4
 # Tiny run: one latent bucket (N is drawn uniformly in [4, 8], all in bucket 8), so each
-# process compiles one train_step; checkpoints at steps 3 and 6.
+# process compiles one train_step; checkpoints at steps 4 and 8 (and where SIGTERM stops it).
 OVERRIDES = {
   'train.steps': STEPS,
   'train.log_every': 1,
-  'train.checkpoint_every': 3,
+  'train.checkpoint_every': EVERY,
   'train.eval_max_bytes': 128,
   'model.max_context': 32,
   'model.num_heads': 2,
@@ -41,7 +44,7 @@ OVERRIDES = {
   'eval.max_bytes': 128,
   'eval.latents_sweep': (8,),
 }
-TIMEOUT_S = 240  # for all three processes together; about 30 s on an idle 2-core CPU
+TIMEOUT_S = 240  # for each group of processes; about 30 s on an idle 2-core CPU
 
 
 def _free_port() -> int:
@@ -99,19 +102,10 @@ def _config():
   return config
 
 
-def test_two_processes_train_exactly_like_one_process_with_two_devices(tmp_path):
-  multi, single = tmp_path / 'multi', tmp_path / 'single'
-  logs = [tmp_path / 'process_0.log', tmp_path / 'process_1.log', tmp_path / 'single.log']
-  coordinator = f'--coordinator_address=127.0.0.1:{_free_port()}'
-  procs = []
+def _wait_all(procs, logs) -> None:
+  """Waits for `procs` (TIMEOUT_S in all), then checks that each exited 0."""
   started = time.monotonic()
   try:
-    for i in range(2):
-      procs.append(
-        _launch(multi, logs[i], _env(1), coordinator, '--num_processes=2', f'--process_id={i}')
-      )
-    # The reference runs alongside: the pair often waits on each other, so this costs little.
-    procs.append(_launch(single, logs[2], _env(2)))
     for proc in procs:
       proc.wait(timeout=max(TIMEOUT_S - (time.monotonic() - started), 1))
   except subprocess.TimeoutExpired:
@@ -126,19 +120,66 @@ def test_two_processes_train_exactly_like_one_process_with_two_devices(tmp_path)
   for proc, log in zip(procs, logs, strict=True):
     assert proc.returncode == 0, _tail(log)
 
+
+def _launch_pair(workdir, logs) -> list[subprocess.Popen]:
+  coordinator = f'--coordinator_address=127.0.0.1:{_free_port()}'
+  return [
+    _launch(workdir, logs[i], _env(1), coordinator, '--num_processes=2', f'--process_id={i}')
+    for i in range(2)
+  ]
+
+
+def _signal_when_logged(proc: subprocess.Popen, log_path, text: str, signum: int) -> None:
+  """Sends `signum` to `proc` once its log shows `text` (its stop handler is installed)."""
+  deadline = time.monotonic() + TIMEOUT_S
+  while text not in _read(log_path):
+    if proc.poll() is not None or time.monotonic() > deadline:
+      pytest.fail(f'{text!r} never logged before the signal.\n{_tail(log_path)}')
+    time.sleep(0.01)
+  proc.send_signal(signum)
+
+
+def _read(path) -> str:
+  with open(path) as f:
+    return f.read()
+
+
+def test_two_processes_stop_together_and_train_exactly_like_one_process(tmp_path):
+  multi, single = tmp_path / 'multi', tmp_path / 'single'
+  logs = [tmp_path / 'process_0.log', tmp_path / 'process_1.log', tmp_path / 'single.log']
+  # The reference runs alongside: the pair often waits on each other, so this costs little.
+  procs = [*_launch_pair(multi, logs), _launch(single, logs[2], _env(2))]
+  try:
+    _signal_when_logged(procs[1], logs[1], f'step 1/{STEPS} ', signal.SIGTERM)
+  finally:
+    _wait_all(procs, logs)
+
+  # Only process 1 got SIGTERM; both stopped after the same step, saved it and exited 0.
+  stops = [re.findall(r'Stopping after step (\d+) \((.*)\)', _read(log)) for log in logs[:2]]
+  assert stops[0] == stops[1] and len(stops[0]) == 1, stops
+  stop, why = int(stops[0][0][0]), stops[0][0][1]
+  assert why == 'SIGTERM on process 1' and stop < STEPS
+  assert max(_step_records(multi)) == stop
+
+  # The same command resumes both from that step and finishes.
+  resumed = [tmp_path / 'process_0.resumed.log', tmp_path / 'process_1.resumed.log']
+  _wait_all(_launch_pair(multi, resumed), resumed)
+  for log in resumed:
+    assert f'Resumed from step {stop} ' in _read(log), _tail(log)
+
   # Each process joined the runtime and saw one local of two global devices.
   for i in range(2):
-    with open(logs[i]) as f:
-      assert f'Process {i} of 2, 1 local / 2 global devices.' in f.read(), _tail(logs[i])
+    assert f'Process {i} of 2, 1 local / 2 global devices.' in _read(logs[i]), _tail(logs[i])
 
-  # Checkpoints (written jointly by both processes) at steps 3 and 6.
+  # Checkpoints (written jointly by both processes) at steps 4 and 8 and where they stopped.
   mngr = checkpoints.manager(str(multi), create=False)
   try:
-    assert sorted(mngr.all_steps()) == [3, STEPS]
+    assert sorted(mngr.all_steps()) == sorted({stop, EVERY, STEPS})
   finally:
     mngr.close()
 
-  # Only process 0 writes metrics: one record per step, equal to the reference's.
+  # Only process 0 writes metrics: one record per step (the resumed run's from step
+  # `stop` on), equal to the reference's.
   got, want = _step_records(multi), _step_records(single)
   assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
   steps = range(1, STEPS + 1)
