@@ -96,13 +96,21 @@ def test_sigkill_anywhere_then_rerun_ends_like_an_uninterrupted_run(tmp_path):
   workdir = tmp_path / 'killed'
   unfinished = lambda: checkpoints.unfinished_saves(str(workdir))
   logs = [tmp_path / f'run_{i}.log' for i in range(4)]
+
+  def saving(log_path, step: int) -> bool:
+    """The run logging to `log_path` logged `step` and started saving it (or committed it:
+    the kill then misses the write; the save follows the step's log line at once)."""
+    return f'step {step}/{STEPS} ' in _read(log_path) and (
+      f'{step}{checkpoints.UNFINISHED_MARKER}' in unfinished() or step in _committed(workdir)
+    )
+
   # What each kill interrupts, and when it lands (the last run is not killed). A write of a
   # step that is not committed yet leaves `<step>.orbax-checkpoint-tmp`; the run after it
   # removes that directory before its own first save.
   plan = [
-    ('the first checkpoint write', lambda: unfinished() and not _committed(workdir)),
-    ('a later checkpoint write', lambda: unfinished() and _committed(workdir)),
-    ('training between two saves', lambda: any(s % EVERY for s in _logged_steps(logs[2])[1:])),
+    ('the first checkpoint write', lambda: saving(logs[0], EVERY)),
+    ('a later checkpoint write', lambda: saving(logs[1], 2 * EVERY)),
+    ('training between two saves', lambda: any(s % EVERY for s in _logged_steps(logs[2]))),
   ]
   procs = [_start(tmp_path / 'reference', tmp_path / 'reference.log')]
   kills = []  # (what, unfinished writes left, committed steps left)
