@@ -91,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.latents_sweep = ()  # extra latent counts to score, e.g. (32, 64, 128, 256, 512, 1024)
   c.eval.splits = ('validation', 'test')
   c.eval.max_bytes = 0  # 0 = the whole split
-  c.eval.batch_size = 8
+  c.eval.batch_size = 64  # windows per evaluation step
   c.eval.mode = 'blocks'  # blocks (every target once) | stride1 (exact, slow)
   c.eval.checkpoint_step = -1  # -1 = the latest checkpoint
 

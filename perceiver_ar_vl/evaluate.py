@@ -22,26 +22,38 @@ import numpy as np
 from perceiver_ar_vl import losses, models, parallel
 
 
-def block_windows(stream: np.ndarray, context: int, targets_per_window: int):
-  """Windows covering every target of `stream` once.
+def window_ends(length: int, targets_per_window: int) -> tuple[np.ndarray, np.ndarray]:
+  """(ends, first_new) int64 [windows]: window b scores the targets [first_new[b], ends[b])
+  of a stream of `length` bytes, so that every target 1..length-1 is scored exactly once."""
+  if length < 2:
+    raise ValueError(f'Need at least 2 bytes to score, got {length}.')
+  s = targets_per_window
+  ends = np.arange(1 + s, length + 1, s, dtype=np.int64)
+  if not len(ends) or ends[-1] < length:
+    ends = np.append(ends, length)
+  return ends, np.concatenate([[1], ends[:-1]])
+
+
+def block_windows(
+  stream: np.ndarray,
+  context: int,
+  targets_per_window: int,
+  ends: np.ndarray | None = None,
+  first_new: np.ndarray | None = None,
+):
+  """The windows that end at `ends` (default: all of `window_ends`), built by one gather.
 
   Returns (windows_BxW int32 with W = context+1, input_mask_BxM bool, weights_BxS float32)
   where S = targets_per_window: window b's last S positions predict targets whose weight is 1
   if that target is scored by this window (each target exactly once over all windows).
   """
-  length = len(stream)
-  if length < 2:
-    raise ValueError(f'Need at least 2 bytes to score, got {length}.')
+  if ends is None:
+    ends, first_new = window_ends(len(stream), targets_per_window)
   s = targets_per_window
-  ends = list(range(1 + s, length + 1, s))  # window b scores targets [end - s, end)
-  if not ends or ends[-1] < length:
-    ends.append(length)
-  padded = np.concatenate([np.zeros(context, np.int64), np.asarray(stream, np.int64)])
-  windows = np.stack([padded[e - 1 : e + context] for e in ends])  # stream[e-1-M : e]
-  positions = np.arange(context + 1)[None, :] + np.asarray(ends)[:, None] - 1 - context
+  positions = np.arange(context + 1)[None, :] + ends[:, None] - 1 - context  # stream indices
+  windows = np.where(positions >= 0, np.asarray(stream)[np.maximum(positions, 0)], 0)
   input_mask = positions[:, :context] >= 0
   target_index = positions[:, context + 1 - s :]  # the stream index each slot predicts
-  first_new = np.array([1] + [e for e in ends[:-1]])  # targets below were scored before
   weights = (target_index >= first_new[:, None]) & (target_index >= 1)
   return windows.astype(np.int32), input_mask, weights.astype(np.float32)
 
@@ -60,6 +72,25 @@ def _score_fn(model, num_latents: int):
     return (nll_BxN * weights_BxN).sum(0), weights_BxN.sum(0)
 
   return score
+
+
+FLUSH_EVERY = 64  # evaluation batches whose sums are added on the device before one transfer
+
+
+def _padded_batch(stream, context, per_window, num_latents, ends, first_new, start, batch):
+  """Windows, input masks and per-slot weights [batch, ...] of windows start..start+batch
+  (padded at the end of the split with empty windows of weight 0)."""
+  windows, input_mask, weights_s = block_windows(
+    stream, context, per_window, ends[start : start + batch], first_new[start : start + batch]
+  )
+  weights = np.zeros((len(windows), num_latents), np.float32)
+  weights[:, num_latents - per_window :] = weights_s
+  pad = batch - len(windows)
+  if pad:
+    windows = np.concatenate([windows, np.zeros((pad, windows.shape[1]), np.int32)])
+    input_mask = np.concatenate([input_mask, np.ones((pad, context), bool)])
+    weights = np.concatenate([weights, np.zeros((pad, num_latents), np.float32)])
+  return windows, input_mask, weights
 
 
 def position_ranges(context: int, num_latents: int, parts: int = 4) -> list[tuple[int, int]]:
@@ -91,30 +122,29 @@ def bits_per_byte(
     raise ValueError(f"Unknown eval mode {mode!r}; choose 'blocks' or 'stride1'.")
   stream = np.asarray(stream[:max_bytes] if max_bytes else stream)
   per_window = num_latents if mode == 'blocks' else 1
-  windows, input_mask, weights_s = block_windows(stream, context, per_window)
-  weights = np.zeros((len(windows), num_latents), np.float32)
-  weights[:, num_latents - per_window :] = weights_s
+  ends, first_new = window_ends(len(stream), per_window)
 
   mesh = mesh or parallel.make_mesh()
   devices = mesh.devices.size
   batch = -(-max(batch_size, 1) // devices) * devices
-  pad = -len(windows) % batch
-  if pad:
-    windows = np.concatenate([windows, np.zeros((pad, windows.shape[1]), np.int32)])
-    input_mask = np.concatenate([input_mask, np.ones((pad, context), bool)])
-    weights = np.concatenate([weights, np.zeros((pad, num_latents), np.float32)])
-
   score = _score_fn(model, num_latents)
   rows = slice(
     jax.process_index() * batch // jax.process_count(),
     (jax.process_index() + 1) * batch // jax.process_count(),
   )
+  # Windows are built one batch at a time (a stride-1 pass over a long split would not fit in
+  # host memory at once); sums stay on the device and reach the host every FLUSH_EVERY batches
+  # (float64 there), so the host never waits for the device batch by batch.
   nats_N, count_N = np.zeros(num_latents), np.zeros(num_latents)
-  for start in range(0, len(windows), batch):
-    chunk = [a[start : start + batch][rows] for a in (windows, input_mask, weights)]
-    nats, count = score(variables, *(parallel.global_batch(a, mesh) for a in chunk))
-    nats_N += np.asarray(nats, np.float64)
-    count_N += np.asarray(count, np.float64)
+  pending = []
+  for start in range(0, len(ends), batch):
+    chunk = _padded_batch(stream, context, per_window, num_latents, ends, first_new, start, batch)
+    pending.append(score(variables, *(parallel.global_batch(a[rows], mesh) for a in chunk)))
+    if len(pending) == FLUSH_EVERY or start + batch >= len(ends):
+      nats, count = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
+      nats_N += np.asarray(nats, np.float64)
+      count_N += np.asarray(count, np.float64)
+      pending = []
   total_count = count_N.sum()
   expected = len(stream) - 1
   if int(round(total_count)) != expected:
