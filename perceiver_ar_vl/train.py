@@ -119,7 +119,8 @@ def train_step(
 
 
 class _StopSignal:
-  """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly."""
+  """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly; a second signal
+  stops at once (KeyboardInterrupt), for a Ctrl-C that should not wait for the next step."""
 
   def __init__(self):
     self.received: str | None = None  # the signal's name
@@ -136,6 +137,8 @@ class _StopSignal:
 
   def _handle(self, signum, frame):
     del frame
+    if self.received:
+      raise KeyboardInterrupt(f'a second stop signal ({signal.Signals(signum).name})')
     self.received = signal.Signals(signum).name
     self.number = int(signum)
 

@@ -69,6 +69,15 @@ def test_train_then_resume_after_sigterm_matches_uninterrupted_run(tmp_path, mon
   assert again['start_step'] == again['final_step'] == 20 and again['compiles'] == {}
 
 
+def test_a_second_signal_stops_at_once():
+  with train._StopSignal() as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.received == 'SIGINT' and stop.number == signal.SIGINT  # wait for the step
+    with pytest.raises(KeyboardInterrupt, match=r'a second stop signal \(SIGTERM\)'):
+      os.kill(os.getpid(), signal.SIGTERM)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
 def test_loss_falls_on_the_copy_task(tmp_path):
   config = tiny_config('fixed', steps=60)
   config.train.learning_rate = 3e-2
