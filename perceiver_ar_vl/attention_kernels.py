@@ -1,12 +1,9 @@
-"""Attention kernels behind one function, `dot_product_attention`, and the masks they share.
+"""Attention kernels behind one function, `dot_product_attention`, chosen in one place.
 
-A mask is never passed around as a dense [B, S, T] boolean: `AttentionMask` holds the query
-positions, key positions and a per-key usability flag, and each kernel builds the part of the
-mask it needs from them. Every model's mask has the same form,
-
-    query at position p sees the key at position t  <=>  t <= p  and  (key usable or t == p),
-
-(the "or t == p" keeps every row non-empty, so a padded query never produces NaN).
+Masks arrive as `masks.AttentionMask` (positions and usable-key flags, never a dense [B, S, T]
+boolean); each kernel builds the part it needs: the dense ones a [B or 1, S, T] mask, the
+fused ones (`xla`, `cudnn`) structural arguments (`fused_mask_args`), the chunked one a mask
+per block.
 
 Kernels (`model.attention_impl`):
   * ``'einsum'``  — plain einsum/softmax, the numerical reference; materialises [B, H, S, T].
@@ -15,8 +12,7 @@ Kernels (`model.attention_impl`):
   * ``'chunked'`` — memory-efficient attention (Rabe & Staats 2021; the FlashAttention-2
     loop order): an online softmax over key blocks, one query block at a time, with a
     `custom_vjp` whose backward recomputes each block's scores from the saved log-sum-exp.
-    Memory O(S * block) instead of O(S * T); blocks that the causal mask hides entirely are
-    skipped in both passes.
+    Memory O(S * block) instead of O(S * T); see `chunked_attention.py`.
   * ``'auto'``    — `select_impl` picks one of the above per backend and shape.
 """
 

@@ -15,16 +15,19 @@ window at that step's count), so their logits agree wherever the cache is exact.
 Paths:
   * uncached (`cached=False`): rerun the model on the window every byte. Works for both
     models and both position encodings.
-  * cached, Perceiver AR (`PerceiverCache`): keys/values of the cross-attend (every window
-    position) and of every latent layer (the latents since the last reset). A new byte adds
-    one cross-attend key and sends one query, the new latent, through the cross-attend and
-    the latent stack; a reset is one full pass. Exact while prompt + generated <= M and at
-    every reset step. Beyond M bytes the latents cached since the last reset keep the
-    context they were computed with (the M bytes ending at their own position) where the
-    uncached path recomputes them over the slid window: an approximation the original makes.
-  * cached, Transformer (`TransformerCache`): a plain KV cache of every layer over the window,
-    filled by one full pass at the first step. Exact while prompt + generated <= M; beyond M
-    each cached key keeps the context it was computed with (the usual sliding KV cache).
+  * cached, Perceiver AR (`decoding_cache.PerceiverCache`): keys/values of the
+    cross-attend (every window position) and of every latent layer (the latents since the
+    last reset). A new byte adds one cross-attend key and sends one query, the new latent,
+    through the cross-attend and the latent stack; a reset is one full pass. Exact while
+    prompt + generated <= M and at every reset step. Beyond M bytes the latents cached since
+    the last reset keep the context they were computed with (the M bytes ending at their own
+    position) where the uncached path recomputes them over the slid window: an
+    approximation the original makes.
+  * cached, Transformer (`decoding_cache.TransformerCache`): a plain KV cache of every layer
+    over the window, filled by one full pass at the first step. Exact while prompt +
+    generated <= M; beyond M each cached key keeps the context it was computed with (the
+    usual sliding KV cache).
+  * ECP always reruns the window (no cache).
 Cached sampling needs rotary (relative) positions: with `position_encoding='absolute'` each
 byte's window position, hence its embedding, shifts by one every step, so cached keys go
 stale at once; `sample` raises and asks for `cached=False`.
@@ -50,43 +53,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_ar_vl import models
+from perceiver_ar_vl import decoding_cache, models
 
 Model = models.PerceiverAR | models.Transformer | models.ECP
-
-
-class PerceiverCache(NamedTuple):
-  """Cached keys/values of Perceiver AR. H heads, K head dim, N = the sampler's num_latents.
-
-  Stored heads-major, [B, H, T, K]: the layout the attention's dot products read, so a step
-  transposes no cache.
-
-  cross_k, cross_v: [B, H, M, K] cross-attend keys/values of the window, a ring buffer: slot
-    s holds sequence index i = s (mod M), the latest such i before the current byte (a new
-    byte overwrites the oldest slot instead of shifting the whole buffer).
-  latent_k, latent_v: per latent layer [B, H, N, K]; slot i holds the i-th latent since the
-    last reset (slots at or past the current latent count are unused and masked out).
-  origin: int32 scalar, the sequence index that rotary treats as position 0 (the first
-    window position at the last reset), so cached positions stay below M + N.
-  """
-
-  cross_k: jax.Array
-  cross_v: jax.Array
-  latent_k: tuple[jax.Array, ...]
-  latent_v: tuple[jax.Array, ...]
-  origin: jax.Array
-
-
-class TransformerCache(NamedTuple):
-  """Cached keys/values of the Transformer: per layer [B, H, M, K], a ring buffer over the
-  window as `PerceiverCache.cross_k`.
-
-  origin: int32 scalar, the sequence index that rotary treats as position 0.
-  """
-
-  k: tuple[jax.Array, ...]
-  v: tuple[jax.Array, ...]
-  origin: jax.Array
 
 
 # ------------------------------------------------------------------ the latent schedule
@@ -195,161 +164,6 @@ def _draw(logits_BxV: jax.Array, knobs: _Knobs, noise_BxV: jax.Array) -> jax.Arr
   return jnp.argmax(noise_BxV + filtered_BxV, axis=-1).astype(jnp.int32)
 
 
-# ------------------------------------------------------------------ windows and masks
-
-
-def _left_padded_window(tokens_BxT: np.ndarray, window: int) -> np.ndarray:
-  """The last `window` tokens [B, window], left-padded with 0 when there are fewer."""
-  tail_BxS = tokens_BxT[:, max(0, tokens_BxT.shape[1] - window) :]
-  out_BxW = np.zeros((tokens_BxT.shape[0], window), np.int32)
-  out_BxW[:, window - tail_BxS.shape[1] :] = tail_BxS
-  return out_BxW
-
-
-def _shift_in(buffer_BxTx_: jax.Array, new_Bx1x_: jax.Array) -> jax.Array:
-  """Drops the oldest slot of a [B, T, ...] buffer and appends `new` [B, 1, ...] at the end."""
-  return jnp.concatenate([buffer_BxTx_[:, 1:], new_Bx1x_.astype(buffer_BxTx_.dtype)], axis=1)
-
-
-def _window_indices(context_len, batch: int, window: int) -> jax.Array:
-  """[B, window] sequence index of each window slot; negative where there is no byte yet."""
-  return jnp.broadcast_to(context_len - window + jnp.arange(window), (batch, window))
-
-
-def _ring_indices(context_len, batch: int, window: int) -> jax.Array:
-  """[B, window] sequence index held by each slot of a ring buffer (slot = index mod window)
-  once `context_len` bytes are in; negative where there is no byte yet."""
-  last = context_len - 1
-  return jnp.broadcast_to(last - (last - jnp.arange(window)) % window, (batch, window))
-
-
-def _to_ring(x_BxMxHxK: jax.Array, context_len) -> jax.Array:
-  """Keys/values of a window pass (slot w = window position w) as a heads-major ring buffer
-  [B, H, M, K] with slot = sequence index mod M."""
-  window = x_BxMxHxK.shape[1]
-  return jnp.roll(jnp.swapaxes(x_BxMxHxK, 1, 2), context_len % window, axis=2)
-
-
-def _ring_write(ring_BxHxMxK: jax.Array, new_Bx1xHxK: jax.Array, context_len) -> jax.Array:
-  """Writes the keys/values of sequence index context_len - 1 into its ring slot."""
-  slot = (context_len - 1) % ring_BxHxMxK.shape[2]
-  new_BxHx1xK = jnp.swapaxes(new_Bx1xHxK, 1, 2).astype(ring_BxHxMxK.dtype)
-  return jax.lax.dynamic_update_slice_in_dim(ring_BxHxMxK, new_BxHx1xK, slot, axis=2)
-
-
-def _ring_mask(pos_Bx1: jax.Array, context_len, origin, batch: int, window: int):
-  """The mask of one query (at rotary position `pos_Bx1`) over a ring buffer of the window."""
-  index_BxM = _ring_indices(context_len, batch, window)
-  return models.causal_mask(pos_Bx1, index_BxM - origin, index_BxM >= 0)
-
-
-def _seq_major(x_BxHxTxK: jax.Array) -> jax.Array:
-  """[B, T, H, K], the layout the blocks take (XLA folds it into the dots: no copy)."""
-  return jnp.swapaxes(x_BxHxTxK, 1, 2)
-
-
-# ------------------------------------------------------------------ Perceiver AR cache
-
-
-def _perceiver_prefill(model, variables, window_BxM, context_len, num_latents: int, capacity: int):
-  """Full pass at `num_latents` latents over the window; fills a `PerceiverCache`.
-
-  Returns (logits [B, vocab] of the last position, cache). Rotary positions are 0..M-1 as in
-  the uncached window; `origin` maps them back to sequence indices.
-  """
-  batch, window = window_BxM.shape
-  valid_BxM = _window_indices(context_len, batch, window) >= 0
-  logits_BxNxV, keys_values = model.apply(
-    variables, window_BxM, num_latents, input_mask=valid_BxM, return_keys_values=True
-  )
-  (cross_k, cross_v), *latent_kv = keys_values
-  pad = ((0, 0), (0, 0), (0, capacity - num_latents), (0, 0))
-  heads_major = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2), pad)
-  cache = PerceiverCache(
-    _to_ring(cross_k, context_len),
-    _to_ring(cross_v, context_len),
-    tuple(heads_major(k) for k, _ in latent_kv),
-    tuple(heads_major(v) for _, v in latent_kv),
-    jnp.asarray(context_len - window, jnp.int32),
-  )
-  return logits_BxNxV[:, -1], cache
-
-
-def _perceiver_extend(module, cache: PerceiverCache, token_B, context_len, num_latents):
-  """Adds the byte at sequence index context_len - 1 as latent number `num_latents`.
-
-  One query through the cross-attend (over the window's ring cache) and every latent layer
-  (over the latents since the last reset). Returns (logits [B, vocab], updated cache).
-  """
-  batch, _, window, _ = cache.cross_k.shape
-  pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
-  x_Bx1xD = module.embed_tokens(token_B[:, None], pos_Bx1)
-  k_Bx1xHxK, v_Bx1xHxK = module.cross_attend.keys_values(x_Bx1xD, pos_Bx1)
-  cross_k = _ring_write(cache.cross_k, k_Bx1xHxK, context_len)
-  cross_v = _ring_write(cache.cross_v, v_Bx1xHxK, context_len)
-  mask_Bx1xM = _ring_mask(pos_Bx1, context_len, cache.origin, batch, window)
-  z_Bx1xD = module.cross_attend.attend(
-    x_Bx1xD, pos_Bx1, _seq_major(cross_k), _seq_major(cross_v), mask_Bx1xM
-  )
-
-  latent_k, latent_v = [], []
-  slot = num_latents - 1  # the new latent's slot; slots after it are unused
-  capacity = cache.latent_k[0].shape[2] if cache.latent_k else 0
-  latent_pos_BxN = jnp.broadcast_to(pos_Bx1 - slot + jnp.arange(capacity), (batch, capacity))
-  latent_ok_BxN = latent_pos_BxN + cache.origin >= 0  # a real byte, not left padding
-  mask_Bx1xN = models.causal_mask(pos_Bx1, latent_pos_BxN, latent_ok_BxN)
-  for block, k_cache, v_cache in zip(
-    module.latent_blocks, cache.latent_k, cache.latent_v, strict=True
-  ):
-    k_Bx1xHxK, v_Bx1xHxK = block.keys_values(z_Bx1xD, pos_Bx1)
-    k_cache = jax.lax.dynamic_update_slice_in_dim(
-      k_cache, jnp.swapaxes(k_Bx1xHxK, 1, 2).astype(k_cache.dtype), slot, axis=2
-    )
-    v_cache = jax.lax.dynamic_update_slice_in_dim(
-      v_cache, jnp.swapaxes(v_Bx1xHxK, 1, 2).astype(v_cache.dtype), slot, axis=2
-    )
-    z_Bx1xD = block.attend(z_Bx1xD, pos_Bx1, _seq_major(k_cache), _seq_major(v_cache), mask_Bx1xN)
-    latent_k.append(k_cache)
-    latent_v.append(v_cache)
-  cache = PerceiverCache(cross_k, cross_v, tuple(latent_k), tuple(latent_v), cache.origin)
-  return module.logits(z_Bx1xD[:, 0]), cache
-
-
-# ------------------------------------------------------------------ Transformer cache
-
-
-def _transformer_prefill(model, variables, window_BxM, context_len):
-  """Full pass over the window; returns (logits [B, vocab] of the last position, cache)."""
-  batch, window = window_BxM.shape
-  valid_BxM = _window_indices(context_len, batch, window) >= 0
-  logits_BxMxV, keys_values = model.apply(
-    variables, window_BxM, input_mask=valid_BxM, return_keys_values=True
-  )
-  cache = TransformerCache(
-    tuple(_to_ring(k, context_len) for k, _ in keys_values),
-    tuple(_to_ring(v, context_len) for _, v in keys_values),
-    jnp.asarray(context_len - window, jnp.int32),
-  )
-  return logits_BxMxV[:, -1], cache
-
-
-def _transformer_extend(module, cache: TransformerCache, token_B, context_len):
-  """Adds the byte at sequence index context_len - 1: one query through every layer."""
-  batch, _, window, _ = cache.k[0].shape
-  pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
-  x_Bx1xD = module.embed_tokens(token_B[:, None], pos_Bx1)
-  mask_Bx1xM = _ring_mask(pos_Bx1, context_len, cache.origin, batch, window)
-  ks, vs = [], []
-  for block, k_cache, v_cache in zip(module.blocks, cache.k, cache.v, strict=True):
-    k_Bx1xHxK, v_Bx1xHxK = block.keys_values(x_Bx1xD, pos_Bx1)
-    k_cache = _ring_write(k_cache, k_Bx1xHxK, context_len)
-    v_cache = _ring_write(v_cache, v_Bx1xHxK, context_len)
-    x_Bx1xD = block.attend(x_Bx1xD, pos_Bx1, _seq_major(k_cache), _seq_major(v_cache), mask_Bx1xM)
-    ks.append(k_cache)
-    vs.append(v_cache)
-  return module.logits(x_Bx1xD[:, 0]), TransformerCache(tuple(ks), tuple(vs), cache.origin)
-
-
 # ------------------------------------------------------------------ the compiled loop
 
 # Steps per jitted call: the loop's output buffers hold this many steps, so one compiled
@@ -362,14 +176,14 @@ class _LoopState(NamedTuple):
 
   window_BxM: int32 [B, M], the last M bytes before `token_B` (left-padded with 0).
   token_B: int32 [B], the byte that the next step appends (the last prompt byte at step 0).
-  cache: `PerceiverCache`, `TransformerCache`, or None on the uncached path.
+  cache: a `decoding_cache.PerceiverCache` or `TransformerCache`, None on the uncached path.
   step: int32 scalar, the index of the next step (its PRNG fold-in and latent count).
   context_len: int32 scalar, the number of bytes once `token_B` is appended.
   """
 
   window_BxM: jax.Array
   token_B: jax.Array
-  cache: PerceiverCache | TransformerCache | None
+  cache: decoding_cache.PerceiverCache | decoding_cache.TransformerCache | None
   step: jax.Array
   context_len: jax.Array
 
@@ -377,7 +191,7 @@ class _LoopState(NamedTuple):
 def _uncached_logits(model, variables, window_BxM, context_len, num_latents, bucket: int):
   """Reruns the model on the left-padded window; logits [B, vocab] of its last position."""
   batch, window = window_BxM.shape
-  valid_BxM = _window_indices(context_len, batch, window) >= 0
+  valid_BxM = decoding_cache.window_indices(context_len, batch, window) >= 0
   if isinstance(model, models.PerceiverAR):
     logits_BxSxV = model.apply(
       variables, window_BxM, num_latents, bucket=bucket, input_mask=valid_BxM
@@ -390,11 +204,13 @@ def _uncached_logits(model, variables, window_BxM, context_len, num_latents, buc
 def _reset(model, max_latents: int, variables, window_BxM, context_len):
   """A full pass that fills a new cache: (logits [B, vocab] float32, cache)."""
   if isinstance(model, models.PerceiverAR):
-    logits_BxV, cache = _perceiver_prefill(
+    logits_BxV, cache = decoding_cache.perceiver_prefill(
       model, variables, window_BxM, context_len, reset_latents(max_latents), max_latents
     )
   else:
-    logits_BxV, cache = _transformer_prefill(model, variables, window_BxM, context_len)
+    logits_BxV, cache = decoding_cache.transformer_prefill(
+      model, variables, window_BxM, context_len
+    )
   return logits_BxV.astype(jnp.float32), cache
 
 
@@ -402,11 +218,11 @@ def _extend(model, variables, cache, token_B, context_len, num_latents):
   """One new position through the cache: (logits [B, vocab] float32, cache)."""
   if isinstance(model, models.PerceiverAR):
     logits_BxV, cache = model.apply(
-      variables, cache, token_B, context_len, num_latents, method=_perceiver_extend
+      variables, cache, token_B, context_len, num_latents, method=decoding_cache.perceiver_extend
     )
   else:
     logits_BxV, cache = model.apply(
-      variables, cache, token_B, context_len, method=_transformer_extend
+      variables, cache, token_B, context_len, method=decoding_cache.transformer_extend
     )
   return logits_BxV.astype(jnp.float32), cache
 
@@ -428,7 +244,7 @@ def _decode(
   `lax.cond` runs only the branch taken. `noise_BxV` is the step's Gumbel noise.
   Returns (next state, logits [B, vocab]).
   """
-  window_BxM = _shift_in(state.window_BxM, state.token_B[:, None])
+  window_BxM = decoding_cache.shift_in(state.window_BxM, state.token_B[:, None])
   n0 = reset_latents(max_latents)
   num_latents = n0 + state.step % (max_latents - n0 + 1)
   cache = state.cache
@@ -581,7 +397,7 @@ def sample(
     jnp.float32(top_p),
   )
   cached = cached and not isinstance(model, models.ECP)  # ECP has no decoding cache
-  window_BxM = jnp.asarray(_left_padded_window(prompt_BxP[:, :-1], model.max_context))
+  window_BxM = jnp.asarray(decoding_cache.left_padded_window(prompt_BxP[:, :-1], model.max_context))
   state = _LoopState(
     window_BxM,
     jnp.asarray(prompt_BxP[:, -1], jnp.int32),  # step 0 appends the last prompt byte
