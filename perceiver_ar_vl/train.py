@@ -18,9 +18,11 @@ import dataclasses
 import functools
 import json
 import os
+import queue
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -185,14 +187,22 @@ class _StopVote:
 
 
 class _CompiledSteps:
-  """train_step jitted once per latent bucket; `compiles` counts the traces of each bucket."""
+  """train_step jitted once per latent bucket; `compiles` counts the traces of each bucket.
+
+  `compile_ahead` compiles the buckets a run will use before its first step (ahead-of-time
+  `.lower().compile()`), so the run never pauses mid-way to compile; a bucket not compiled
+  ahead is still compiled on first use, through jit.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh, schedule):
     self._config, self._model, self._mesh, self._schedule = config, model, mesh, schedule
     self._fns: dict[int, Callable] = {}
+    self._compiled: dict[int, Callable] = {}
     self.compiles: dict[int, int] = {}
 
   def __call__(self, bucket: int) -> Callable:
+    if bucket in self._compiled:
+      return self._compiled[bucket]
     if bucket not in self._fns:
       t = self._config.train
       step = functools.partial(
@@ -215,6 +225,91 @@ class _CompiledSteps:
       )
     return self._fns[bucket]
 
+  def compile_ahead(
+    self, buckets: list[int], state: state_lib.TrainState, base_rng: jax.Array
+  ) -> None:
+    """Compiles train_step for each of `buckets` now (one trace each), for `state`'s shapes."""
+    c = self._config
+    rows = (c.train.batch_size, c.model.max_context + 1)
+    batch = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=parallel.batch_sharded(self._mesh))
+    n = jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(self._mesh))
+    for bucket in buckets:
+      if bucket not in self._compiled:
+        self._compiled[bucket] = self(bucket).lower(state, batch, n, base_rng).compile()
+
+
+class _DeviceBatches:
+  """The training batches, put on the device by a background thread up to `depth` steps
+  before the step that takes them, in order.
+
+  The step then never waits for the host to build or transfer its batch. The thread ends when
+  the batches do, on `close` (also on leaving a `with` block, e.g. at a stop or an exception),
+  and an error it meets is raised by `__next__` in the training loop.
+  """
+
+  _END = object()
+
+  def __init__(self, host_batches: Iterator[np.ndarray], mesh: Mesh, depth: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._closed = threading.Event()
+    self._thread = threading.Thread(
+      target=self._fill, args=(host_batches, mesh), name='device_batches', daemon=True
+    )
+    self._thread.start()
+
+  def _fill(self, host_batches: Iterator[np.ndarray], mesh: Mesh) -> None:
+    try:
+      for rows in host_batches:
+        if not self._put(parallel.global_batch(rows, mesh)):
+          return
+      self._put(self._END)
+    except BaseException as e:  # raised again by __next__, in the training loop
+      self._put(e)
+
+  def _put(self, item: Any) -> bool:
+    """Queues `item` once there is room; False if closed meanwhile."""
+    while not self._closed.is_set():
+      try:
+        self._queue.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def __iter__(self) -> _DeviceBatches:
+    return self
+
+  def __next__(self) -> jax.Array:
+    item = self._queue.get()
+    if item is self._END:
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._closed.set()
+    self._thread.join(timeout=60)
+
+  def __enter__(self) -> _DeviceBatches:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class _DeviceInts:
+  """Replicated int32 device scalars, one transfer per distinct value (the latent counts)."""
+
+  def __init__(self, mesh: Mesh):
+    self._sharding = parallel.replicated(mesh)
+    self._arrays: dict[int, jax.Array] = {}
+
+  def __call__(self, value: int) -> jax.Array:
+    if value not in self._arrays:
+      self._arrays[value] = jax.device_put(np.int32(value), self._sharding)
+    return self._arrays[value]
+
 
 class _MetricLog:
   """Step metrics stay on device until `flush` (every log_every steps and before each save),
@@ -232,8 +327,9 @@ class _MetricLog:
 
   def flush(self, last_saved: int) -> None:
     records = []
-    for step, n, bucket, device_metrics in self._pending:
-      r = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    fetched = jax.device_get([device_metrics for *_, device_metrics in self._pending])
+    for (step, n, bucket, _), host_metrics in zip(self._pending, fetched, strict=True):
+      r = {k: float(v) for k, v in host_metrics.items()}
       waste = latents.padding_waste(n, self._config.latents.buckets)  # slots per active latent
       records.append(
         {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
@@ -275,6 +371,12 @@ class _MetricLog:
 
 def latent_count(config: ml_collections.ConfigDict, step: int) -> int:
   """N at `step` from the configured strategy."""
+  return _latents_at(config, step)
+
+
+def _latents_at(config: ml_collections.ConfigDict, step: int) -> int:
+  """latent_count's computation (the bucket plan reads it directly, so that a test that
+  patches latent_count to act at one step acts only when the loop reaches that step)."""
   lat = config.latents
   return latents.num_latents_at(
     step,
@@ -287,6 +389,22 @@ def latent_count(config: ml_collections.ConfigDict, step: int) -> int:
     schedule=lat.schedule,
     warmup_fraction=lat.warmup_fraction,
   )
+
+
+def buckets_ahead(config: ml_collections.ConfigDict, start_step: int) -> list[int]:
+  """The buckets steps [start_step, train.steps) use, sorted: what a run compiles at start-up.
+
+  Stops reading the schedule once every bucket that [latents.min, latents.max] can reach has
+  appeared (a uniform run shows them all within a few steps; a curriculum reads ~1 us a step).
+  """
+  lat = config.latents
+  reachable = {latents.bucket_for(n, lat.buckets) for n in range(lat.min, lat.max + 1)}
+  used: set[int] = set()
+  for step in range(start_step, config.train.steps):
+    used.add(latents.bucket_for(_latents_at(config, step), lat.buckets))
+    if used == reachable:
+      break
+  return sorted(used)
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -480,34 +598,40 @@ def _train_steps(
 ) -> tuple[state_lib.TrainState, int]:
   """Steps from `start_step` to train.steps, or to the step after which `vote` says stop;
   checkpoints every checkpoint_every steps, at the end and at a stop. Returns the state and
-  the last step saved."""
+  the last step saved.
+
+  The host never waits for the device between logs: the buckets are compiled before the first
+  step, batches reach the device ahead of their step (_DeviceBatches) and metrics are read
+  once per log_every steps (_MetricLog)."""
   config, mesh = run.config, run.mesh
   t = config.train
-  base_rng = jax.random.PRNGKey(config.seed + 1)
-  batches = run.dataset.train_batches(
+  base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), parallel.replicated(mesh))
+  latent_counts = _DeviceInts(mesh)
+  host_batches = run.dataset.train_batches(
     start_step, t.steps, t.batch_size, config.seed, jax.process_index(), jax.process_count()
   )
   last_saved = start_step
-  for step in range(start_step, t.steps):
-    n = latent_count(config, step)
-    bucket = latents.bucket_for(n, config.latents.buckets)
-    batch = parallel.global_batch(next(batches), mesh)
-    state, device_metrics = steps(bucket)(state, batch, jnp.int32(n), base_rng)
-    done = step + 1
-    log.add(done, n, bucket, device_metrics)
-    stop = vote.after_step()
-    if done % t.log_every == 0:
-      log.flush(last_saved)
-    if done % t.checkpoint_every == 0 or done == t.steps or stop:
-      log.flush(last_saved)  # never checkpoint a state whose loss was not checked
-      checkpoints.save(run.mngr, done, state)
-      last_saved = done
-    if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-      bits = validation_bits(config, run.model, state.params, run.dataset, mesh)
-      log.write(done, {'validation_bits_per_byte': bits})
-    if stop:
-      logging.warning('Stopping after step %d (%s): saved step %d, exiting.', done, stop, done)
-      break
+  with _DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
+    steps.compile_ahead(buckets_ahead(config, start_step), state, base_rng)
+    for step in range(start_step, t.steps):
+      n = latent_count(config, step)
+      bucket = latents.bucket_for(n, config.latents.buckets)
+      state, device_metrics = steps(bucket)(state, next(batches), latent_counts(n), base_rng)
+      done = step + 1
+      log.add(done, n, bucket, device_metrics)
+      stop = vote.after_step()
+      if done % t.log_every == 0:
+        log.flush(last_saved)
+      if done % t.checkpoint_every == 0 or done == t.steps or stop:
+        log.flush(last_saved)  # never checkpoint a state whose loss was not checked
+        checkpoints.save(run.mngr, done, state)
+        last_saved = done
+      if t.eval_every and done % t.eval_every == 0 and done != t.steps:
+        bits = validation_bits(config, run.model, state.params, run.dataset, mesh)
+        log.write(done, {'validation_bits_per_byte': bits})
+      if stop:
+        logging.warning('Stopping after step %d (%s): saved step %d, exiting.', done, stop, done)
+        break
   return state, last_saved
 
 

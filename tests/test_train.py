@@ -3,6 +3,7 @@
 Kills, damaged checkpoints and the resume after them: tests/test_resume.py.
 """
 
+import itertools
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import optax
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import checkpoints, config_lib, metrics, parallel, train
+from perceiver_ar_vl import checkpoints, config_lib, latents, metrics, parallel, train
 from perceiver_ar_vl import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -175,3 +176,97 @@ def test_launch_smoke_trains_then_resumes_at_once(tmp_path):
   again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
   assert again.returncode == 0 and 'already finished at step 12' in again.stderr
   # Bad flags and config values through launch.py: tests/test_launch.py.
+
+
+def test_device_batches_yield_the_host_batches_in_order_and_close_cleanly():
+  mesh = parallel.make_mesh()
+  host = [np.full((4, 33), i, np.int32) for i in range(5)]
+  with train._DeviceBatches(iter(host), mesh) as batches:
+    got = [np.asarray(b) for b in batches]
+  assert [int(b[0, 0]) for b in got] == list(range(5)) and got[0].shape == (4, 33)
+
+  def failing():
+    yield host[0]
+    raise OSError('disk gone')
+
+  with train._DeviceBatches(failing(), mesh) as batches:
+    next(batches)
+    with pytest.raises(OSError, match='disk gone'):
+      next(batches)
+  endless = train._DeviceBatches(itertools.repeat(host[0]), mesh)  # never ends by itself
+  next(endless)
+  endless.close()
+  assert not endless._thread.is_alive()
+
+
+def test_prefetched_batches_train_as_unprefetched_ones(tmp_path, monkeypatch):
+  config = tiny_config('uniform', steps=6)
+  train.train(config, str(tmp_path / 'prefetched'))
+
+  class Unprefetched:  # each batch put on the device in the loop, when the step asks for it
+    def __init__(self, host_batches, mesh):
+      self._host, self._mesh = host_batches, mesh
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      pass
+
+    def __next__(self):
+      return parallel.global_batch(next(self._host), self._mesh)
+
+  monkeypatch.setattr(train, '_DeviceBatches', Unprefetched)
+  train.train(config, str(tmp_path / 'inline'))
+  want, got = losses_by_step(str(tmp_path / 'inline')), losses_by_step(str(tmp_path / 'prefetched'))
+  assert sorted(got) == list(range(1, 7))
+  assert [got[s] for s in range(1, 7)] == [want[s] for s in range(1, 7)]
+
+
+def test_every_bucket_is_compiled_once_before_the_first_step(tmp_path, monkeypatch):
+  config = tiny_config('curriculum', steps=12)
+  seen = []
+  real_call = train._CompiledSteps.__call__
+
+  def recording_call(self, bucket):
+    seen.append((bucket, set(self._compiled), dict(self.compiles)))
+    return real_call(self, bucket)
+
+  monkeypatch.setattr(train._CompiledSteps, '__call__', recording_call)
+  summary = train.train(config, str(tmp_path))
+  planned = train.buckets_ahead(config, 0)
+  used = {latents.bucket_for(train.latent_count(config, s), (4, 8, 16, 32)) for s in range(12)}
+  assert planned == sorted(used) and len(planned) >= 2
+  assert summary['compiles'] == {b: 1 for b in planned}
+  loop_calls = seen[len(planned) :]  # compile_ahead's calls come first
+  assert [bucket for bucket, *_ in seen[: len(planned)]] == planned and len(loop_calls) == 12
+  for _, compiled, compiles in loop_calls:
+    assert compiled == set(planned) and compiles == summary['compiles']
+  assert train.buckets_ahead(config, 11) == [
+    train.latents.bucket_for(train.latent_count(config, 11), (4, 8, 16, 32))
+  ]
+
+
+def test_the_loop_reads_nothing_from_the_device_between_logs(tmp_path, monkeypatch):
+  """Under a device-to-host transfer guard, only the metric flush (every log_every steps, one
+  jax.device_get of all pending steps) and the checkpoint save may read the device."""
+  config = tiny_config('uniform', steps=10)
+  config.train.update(log_every=5, checkpoint_every=10)
+  fetches = []
+
+  def allowed(fn, record=False):
+    def wrapped(*args, **kwargs):
+      with jax.transfer_guard_device_to_host('allow'):
+        if record:
+          fetches.append(len(args[0]._pending))
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+  monkeypatch.setattr(train._MetricLog, 'flush', allowed(train._MetricLog.flush, record=True))
+  monkeypatch.setattr(train.checkpoints, 'save', allowed(train.checkpoints.save))
+  monkeypatch.setattr(train, '_final_validation', allowed(train._final_validation))
+  with jax.transfer_guard_device_to_host('disallow'):
+    summary = train.train(config, str(tmp_path))
+  assert summary['final_step'] == 10
+  assert fetches == [5, 5, 0]  # steps 1-5, 6-10, and the (empty) flush before the last save
