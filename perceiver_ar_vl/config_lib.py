@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.steps = 100_000
   c.train.batch_size = 32  # global, split over every device of every process
   c.train.grad_accum_steps = 1  # microbatches per step (same global batch, less memory)
+  # FSDP: shard parameters and optimizer state over the devices (each holds ~1/devices of
+  # them; XLA all-gathers them per step) instead of replicating them. Same results.
+  c.train.fsdp = False
   c.train.learning_rate = 3e-4
   c.train.lr_schedule = 'cosine'  # cosine | constant (both after linear warmup)
   c.train.warmup_steps = 1_000
@@ -327,6 +330,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     1,
   )
   _at_least(t, 'train', ('keep_checkpoints',), 1)
+  if not isinstance(t.fsdp, bool):
+    raise errors.UserError(
+      f'train.fsdp={t.fsdp!r} must be True or False (--config.train.fsdp=True shards '
+      'parameters and optimizer state over the devices).'
+    )
   _at_least(t, 'train', ('warmup_steps', 'eval_every', 'eval_max_bytes'), 0)
   if t.batch_size % t.grad_accum_steps:
     raise errors.UserError(

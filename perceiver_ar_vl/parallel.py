@@ -1,7 +1,10 @@
 """Data parallelism over every device of every process: one Mesh, batch on the 'data' axis.
 
 JAX implements pmap on top of jit + shard_map; we use `jax.jit` over a `Mesh` with
-`NamedSharding` directly. Parameters and optimizer state are replicated; each process feeds
+`NamedSharding` directly. Parameters and optimizer state are replicated, or with
+`train.fsdp=True` sharded over the same 'data' axis (FSDP, `state_shardings`): each array
+splits its largest dimension that the device count divides, and XLA all-gathers the
+parameters where the step uses them and reduce-scatters their gradients. Each process feeds
 only its own rows of the global batch (`jax.make_array_from_process_local_data`).
 
 Work on files that every process shares (preparing a dataset, setting a checkpoint aside) runs
@@ -56,6 +59,29 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over the data axis."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def fsdp_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
+  """FSDP placement of one array: its largest dimension that the device count divides is
+  split over the data axis (the first such on a tie); an array with none (a scalar, a
+  small vector) is replicated."""
+  devices = mesh.devices.size
+  dims = [i for i, size in enumerate(shape) if size % devices == 0 and size >= devices]
+  if devices == 1 or not dims:
+    return replicated(mesh)
+  dim = max(dims, key=lambda i: (shape[i], -i))
+  spec = [None] * len(shape)
+  spec[dim] = DATA_AXIS
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def state_shardings(tree: T, mesh: Mesh, fsdp: bool) -> T:
+  """A NamedSharding for each array of `tree` (arrays or ShapeDtypeStructs): replicated,
+  or with `fsdp` placed by `fsdp_sharding`. Optimizer moments have their parameter's shape,
+  so they are split the same way."""
+  if not fsdp:
+    return jax.tree.map(lambda _: replicated(mesh), tree)
+  return jax.tree.map(lambda leaf: fsdp_sharding(mesh, tuple(leaf.shape)), tree)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:

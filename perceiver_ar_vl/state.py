@@ -66,17 +66,35 @@ def _new_state_fn(config: ml_collections.ConfigDict, model):
   ).replace(step=jnp.zeros((), jnp.int32))
 
 
+def train_state_shardings(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
+  """A NamedSharding for each array of the TrainState on `mesh`: replicated, or with
+  `train.fsdp` split over the data axis (parallel.state_shardings). Its optimizer is a new
+  one: match it with a state leaf by leaf, not as a pytree of the same structure."""
+  shapes = jax.eval_shape(_new_state_fn(config, model), jax.random.PRNGKey(0))
+  return parallel.state_shardings(shapes, mesh, config.train.fsdp)
+
+
 def create_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
-  """A fresh, replicated TrainState."""
-  make = jax.jit(_new_state_fn(config, model), out_shardings=parallel.replicated(mesh))
+  """A fresh TrainState, replicated or (train.fsdp) sharded over `mesh`."""
+  new_state = _new_state_fn(config, model)  # one optimizer: the shardings' tree is the state's
+  shapes = jax.eval_shape(new_state, jax.random.PRNGKey(0))
+  make = jax.jit(new_state, out_shardings=parallel.state_shardings(shapes, mesh, config.train.fsdp))
   return make(jax.random.PRNGKey(config.seed))
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
-  """Shapes, dtypes and shardings of the TrainState, for restoring without allocating twice."""
+  """Shapes, dtypes and shardings of the TrainState, for restoring without allocating twice.
+
+  The shardings are those of this run's mesh and train.fsdp, whatever the device count and
+  placement of the run that saved the checkpoint: orbax reads each device's part into them.
+  """
   shapes = jax.eval_shape(_new_state_fn(config, model), jax.random.PRNGKey(0))
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  shardings = parallel.state_shardings(shapes, mesh, config.train.fsdp)
+  return jax.tree.map(
+    lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+    shapes,
+    shardings,
+  )
 
 
 def checkpoint_step(workdir: str, step: int = -1) -> int:

@@ -214,14 +214,20 @@ class _CompiledSteps:
         schedule=self._schedule,
       )
 
-      def counted(*args):
+      def counted(state, *args):
         self.compiles[bucket] = self.compiles.get(bucket, 0) + 1  # runs at trace time only
         logging.info('Compiling train_step for bucket %d.', bucket)
-        return step(*args)
+        new_state, step_metrics = step(state, *args)
+        # The new state is placed like the one that came in (by create_train_state or
+        # restore): replicated, or with train.fsdp split over the data axis, where XLA
+        # all-gathers the parameters for the step and reduce-scatters their gradients.
+        placed = parallel.state_shardings(new_state, self._mesh, t.fsdp)
+        return jax.lax.with_sharding_constraint(new_state, placed), step_metrics
 
       rep, rows = parallel.replicated(self._mesh), parallel.batch_sharded(self._mesh)
+      # The state's shardings (None): those of the state passed in, which it keeps.
       self._fns[bucket] = jax.jit(
-        counted, donate_argnums=0, in_shardings=(rep, rows, rep, rep), out_shardings=(rep, rep)
+        counted, donate_argnums=0, in_shardings=(None, rows, rep, rep), out_shardings=(None, rep)
       )
     return self._fns[bucket]
 
