@@ -1,5 +1,7 @@
 """Pins `model.remat` (models/backbone.py): the same loss and gradients with less memory."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from perceiver_ar_vl import losses, models
 SIZE = dict(num_layers=3, num_heads=2, d_model=32, mlp_dim=128, max_context=64, dropout_rate=0.1)
 
 
+@functools.lru_cache(maxsize=8)  # the 'none' reference is shared by both remat policies
 def loss_and_grads(model_cls, remat, impl='einsum', batch=2):
   model = model_cls(**SIZE, remat=remat, attention_impl=impl)
   window = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, 65)), jnp.int32)
@@ -32,17 +35,15 @@ def loss_and_grads(model_cls, remat, impl='einsum', batch=2):
     )
     return losses.cross_entropy_loss(logits, window, bucket).nats
 
-  grad_fn = jax.jit(jax.value_and_grad(loss))
-  temp = grad_fn.lower(params).compile().memory_analysis().temp_size_in_bytes
-  return grad_fn(params), temp
+  return jax.jit(jax.value_and_grad(loss))(params)
 
 
 @pytest.mark.parametrize('model_cls', [models.PerceiverAR, models.Transformer])
 @pytest.mark.parametrize('remat', ['block', 'dots'])
 def test_remat_gives_the_same_loss_and_gradients(model_cls, remat):
   impl = 'chunked' if model_cls is models.PerceiverAR else 'einsum'  # both attention paths
-  (want_loss, want_grads), _ = loss_and_grads(model_cls, 'none', impl)
-  (got_loss, got_grads), _ = loss_and_grads(model_cls, remat, impl)
+  want_loss, want_grads = loss_and_grads(model_cls, 'none', impl)
+  got_loss, got_grads = loss_and_grads(model_cls, remat, impl)
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
     np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5)
