@@ -1,0 +1,375 @@
+"""The jitted train step and the host-side machinery that runs it: one compiled step per
+latent bucket (compiled ahead), batches put on the device ahead of use, step metrics kept on
+the device until a flush (with the NaN guard), and the SIGTERM/SIGINT stop agreed by every
+process. `train.train` strings these together.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from perceiver_ar_vl import (
+  checkpoints,
+  latents,
+  losses,
+  metrics,
+  models,
+  parallel,
+)
+from perceiver_ar_vl import (
+  state as state_lib,
+)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
+
+
+def train_step(
+  state: state_lib.TrainState,
+  window_BxW: jax.Array,
+  num_latents: jax.Array,
+  base_rng: jax.Array,
+  *,
+  model,
+  bucket: int,
+  z_loss: float,
+  grad_accum_steps: int,
+  schedule,
+) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a batch of windows [batch, M+1] with N active latents.
+
+  Dropout randomness is fold_in(base_rng, step), so a resumed run draws the same masks.
+  With grad_accum_steps = k the batch is split into k microbatches whose gradients are averaged
+  (each has the same number of active targets, so this equals the full-batch gradient).
+  """
+  rng = jax.random.fold_in(base_rng, state.step)
+
+  def loss_fn(params, micro_BxW, micro_rng):
+    logits = models.forward_logits(
+      model,
+      params,
+      micro_BxW[:, :-1],
+      num_latents,
+      bucket,
+      deterministic=False,
+      rngs={'dropout': micro_rng},
+    )
+    out = losses.cross_entropy_loss(logits, micro_BxW, num_latents, z_loss=z_loss)
+    return out.objective, out
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (_, out), grads = grad_fn(state.params, window_BxW, rng)
+  else:
+    batch, width = window_BxW.shape
+    micro_KxBxW = window_BxW.reshape(batch // grad_accum_steps, grad_accum_steps, width)
+    micro_KxBxW = micro_KxBxW.swapaxes(0, 1)
+
+    def accumulate(carry, xs):
+      micro_BxW, i = xs
+      (_, out), grads = grad_fn(state.params, micro_BxW, jax.random.fold_in(rng, i))
+      return jax.tree.map(jnp.add, carry, (grads, out)), None
+
+    zeros = jax.tree.map(
+      jnp.zeros_like,
+      (state.params, jax.eval_shape(lambda: grad_fn(state.params, micro_KxBxW[0], rng)[0][1])),
+    )
+    (grads, out), _ = jax.lax.scan(accumulate, zeros, (micro_KxBxW, jnp.arange(grad_accum_steps)))
+    grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
+    out = jax.tree.map(lambda x: x / grad_accum_steps, out)
+    out = out._replace(num_targets=out.num_targets * grad_accum_steps)
+  new_state = state.apply_gradients(grads=grads)
+  step_metrics = {
+    'loss': out.objective,
+    'nats': out.nats,
+    'bits_per_byte': out.bits,
+    'grad_norm': optax.tree.norm(grads),
+    'learning_rate': schedule(state.step),
+    'target_tokens': out.num_targets,
+  }
+  return new_state, step_metrics
+
+
+class _StopSignal:
+  """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly; a second signal
+  stops at once (KeyboardInterrupt), for a Ctrl-C that should not wait for the next step."""
+
+  def __init__(self):
+    self.received: str | None = None  # the signal's name
+    self.number = 0  # its number (0: none), what processes exchange
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received:
+      raise KeyboardInterrupt(f'a second stop signal ({signal.Signals(signum).name})')
+    self.received = signal.Signals(signum).name
+    self.number = int(signum)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class _StopVote:
+  """Decides, identically on every process, after which step a signalled run stops.
+
+  A signal reaches one process (a preempted host, Ctrl-C in one terminal). Stopping on its own,
+  that process would enter the checkpoint save (a collective) while the others run the next
+  step's all-reduce, and the job would hang. So with several processes every step adds an
+  all-gather of each process's signal over the mesh: dispatched asynchronously and read one step
+  later, it gives every process the same answer after the same step, and the host never waits
+  for the step it just dispatched (the stop comes one step after the signal). A single process
+  needs no vote: it stops after the step during which the signal came.
+  """
+
+  def __init__(self, stop: _StopSignal, mesh: Mesh):
+    self._stop = stop
+    self._mesh = mesh
+    self._process_of = [device.process_index for device in mesh.devices.flat]
+    self._gather = jax.jit(lambda codes: codes, out_shardings=parallel.replicated(mesh))
+    self._ballot: jax.Array | None = None  # the all-gather dispatched after the previous step
+
+  def after_step(self) -> str | None:
+    """None to go on; otherwise why to stop, e.g. 'SIGTERM on process 1'."""
+    if jax.process_count() == 1:
+      return self._stop.received
+    previous, self._ballot = self._ballot, self._dispatch()
+    if previous is None:
+      return None
+    codes = np.asarray(previous.addressable_data(0))
+    voters = sorted({(self._process_of[i], int(c)) for i, c in enumerate(codes) if c})
+    return ', '.join(f'{signal.Signals(c).name} on process {p}' for p, c in voters) or None
+
+  def _dispatch(self) -> jax.Array:
+    """Starts the all-gather of every device's copy of its process's signal number."""
+    local = np.full((jax.local_device_count(),), self._stop.number, np.int32)
+    codes = jax.make_array_from_process_local_data(parallel.batch_sharded(self._mesh), local)
+    return self._gather(codes)
+
+
+class _CompiledSteps:
+  """train_step jitted once per latent bucket; `compiles` counts the traces of each bucket.
+
+  `compile_ahead` compiles the buckets a run will use before its first step (ahead-of-time
+  `.lower().compile()`), so the run never pauses mid-way to compile; a bucket not compiled
+  ahead is still compiled on first use, through jit.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh, schedule):
+    self._config, self._model, self._mesh, self._schedule = config, model, mesh, schedule
+    self._fns: dict[int, Callable] = {}
+    self._compiled: dict[int, Callable] = {}
+    self.compiles: dict[int, int] = {}
+
+  def __call__(self, bucket: int) -> Callable:
+    if bucket in self._compiled:
+      return self._compiled[bucket]
+    if bucket not in self._fns:
+      t = self._config.train
+      step = functools.partial(
+        train_step,
+        model=self._model,
+        bucket=bucket,
+        z_loss=t.z_loss,
+        grad_accum_steps=t.grad_accum_steps,
+        schedule=self._schedule,
+      )
+
+      def counted(state, *args):
+        self.compiles[bucket] = self.compiles.get(bucket, 0) + 1  # runs at trace time only
+        logging.info('Compiling train_step for bucket %d.', bucket)
+        new_state, step_metrics = step(state, *args)
+        # The new state is placed like the one that came in (by create_train_state or
+        # restore): replicated, or with train.fsdp split over the data axis, where XLA
+        # all-gathers the parameters for the step and reduce-scatters their gradients.
+        placed = parallel.state_shardings(new_state, self._mesh, t.fsdp)
+        return jax.lax.with_sharding_constraint(new_state, placed), step_metrics
+
+      rep, rows = parallel.replicated(self._mesh), parallel.batch_sharded(self._mesh)
+      # The state's shardings (None): those of the state passed in, which it keeps.
+      self._fns[bucket] = jax.jit(
+        counted, donate_argnums=0, in_shardings=(None, rows, rep, rep), out_shardings=(None, rep)
+      )
+    return self._fns[bucket]
+
+  def compile_ahead(
+    self, buckets: list[int], state: state_lib.TrainState, base_rng: jax.Array
+  ) -> None:
+    """Compiles train_step for each of `buckets` now (one trace each), for `state`'s shapes."""
+    c = self._config
+    rows = (c.train.batch_size, c.model.max_context + 1)
+    batch = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=parallel.batch_sharded(self._mesh))
+    n = jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(self._mesh))
+    for bucket in buckets:
+      if bucket not in self._compiled:
+        self._compiled[bucket] = self(bucket).lower(state, batch, n, base_rng).compile()
+
+
+class _DeviceBatches:
+  """The training batches, put on the device by a background thread up to `depth` steps
+  before the step that takes them, in order.
+
+  The step then never waits for the host to build or transfer its batch. The thread ends when
+  the batches do, on `close` (also on leaving a `with` block, e.g. at a stop or an exception),
+  and an error it meets is raised by `__next__` in the training loop.
+  """
+
+  _END = object()
+
+  def __init__(self, host_batches: Iterator[np.ndarray], mesh: Mesh, depth: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._closed = threading.Event()
+    self._thread = threading.Thread(
+      target=self._fill, args=(host_batches, mesh), name='device_batches', daemon=True
+    )
+    self._thread.start()
+
+  def _fill(self, host_batches: Iterator[np.ndarray], mesh: Mesh) -> None:
+    try:
+      for rows in host_batches:
+        if not self._put(parallel.global_batch(rows, mesh)):
+          return
+      self._put(self._END)
+    except BaseException as e:  # raised again by __next__, in the training loop
+      self._put(e)
+
+  def _put(self, item: Any) -> bool:
+    """Queues `item` once there is room; False if closed meanwhile."""
+    while not self._closed.is_set():
+      try:
+        self._queue.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def __iter__(self) -> _DeviceBatches:
+    return self
+
+  def __next__(self) -> jax.Array:
+    item = self._queue.get()
+    if item is self._END:
+      raise StopIteration
+    if isinstance(item, BaseException):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._closed.set()
+    self._thread.join(timeout=60)
+
+  def __enter__(self) -> _DeviceBatches:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class _DeviceInts:
+  """Replicated int32 device scalars, one transfer per distinct value (the latent counts)."""
+
+  def __init__(self, mesh: Mesh):
+    self._sharding = parallel.replicated(mesh)
+    self._arrays: dict[int, jax.Array] = {}
+
+  def __call__(self, value: int) -> jax.Array:
+    if value not in self._arrays:
+      self._arrays[value] = jax.device_put(np.int32(value), self._sharding)
+    return self._arrays[value]
+
+
+class _MetricLog:
+  """Step metrics stay on device until `flush` (every log_every steps and before each save),
+  which checks them for NaN, writes them and logs the last with the window's throughput."""
+
+  def __init__(self, writer: metrics.MetricWriter, config: ml_collections.ConfigDict, workdir: str):
+    self._writer, self._config, self._workdir = writer, config, workdir
+    self._pending: list[tuple[int, int, int, dict]] = []
+    self._start, self._steps, self._tokens = time.perf_counter(), 0, 0.0
+
+  def add(self, step: int, n: int, bucket: int, device_metrics: dict) -> None:
+    self._pending.append((step, n, bucket, device_metrics))
+    self._steps += 1
+    self._tokens += self._config.train.batch_size * n
+
+  def flush(self, last_saved: int) -> None:
+    records = []
+    fetched = jax.device_get([device_metrics for *_, device_metrics in self._pending])
+    for (step, n, bucket, _), host_metrics in zip(self._pending, fetched, strict=True):
+      r = {k: float(v) for k, v in host_metrics.items()}
+      waste = latents.padding_waste(n, self._config.latents.buckets)  # slots per active latent
+      records.append(
+        {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
+      )
+    self._pending.clear()
+    _check_finite(records, self._workdir, last_saved)
+    elapsed = max(time.perf_counter() - self._start, 1e-9)
+    steps_per_sec, tokens_per_sec = self._steps / elapsed, self._tokens / elapsed
+    for r in records:
+      self._writer.write(
+        r['step'],
+        {
+          **{k: v for k, v in r.items() if k != 'step'},
+          'steps_per_sec': steps_per_sec,
+          'target_tokens_per_sec': tokens_per_sec,
+        },
+      )
+    if records:
+      r, total = records[-1], self._config.train.steps
+      eta = (total - r['step']) / max(steps_per_sec, 1e-9)
+      logging.info(
+        'step %d/%d  loss %.4f  bpb %.3f  N %d  B %d  %.2f steps/s  %.0f tok/s  ETA %s',
+        r['step'],
+        total,
+        r['loss'],
+        r['bits_per_byte'],
+        r['num_latents'],
+        r['bucket'],
+        steps_per_sec,
+        tokens_per_sec,
+        metrics.format_duration(eta),
+      )
+    self._start, self._steps, self._tokens = time.perf_counter(), 0, 0.0
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    """Writes `scalars` (e.g. validation bits) at `step` at once."""
+    self._writer.write(step, scalars)
+
+
+def _check_finite(records: list[dict], workdir: str, last_saved: int) -> None:
+  for r in records:
+    if not np.isfinite(r['loss']):
+      kept = (
+        f'The last good checkpoint (step {last_saved}) is kept in '
+        f'{checkpoints.checkpoint_dir(workdir)}.'
+        if last_saved
+        else 'No checkpoint was saved before.'
+      )
+      raise NonFiniteLossError(
+        f'Loss is {r["loss"]} at step {r["step"]}; training stopped. {kept} Lower '
+        f'train.learning_rate, raise train.warmup_steps or use model.dtype=float32.'
+      )
