@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, parallel, train
+from perceiver_ar_vl import config_lib, parallel, stepping
 from perceiver_ar_vl import state as state_lib
 
 
@@ -37,27 +37,17 @@ def compiled_train_step(
   state = state_lib.create_train_state(config, model, parallel.make_mesh())
   _, schedule = state_lib.make_optimizer(config.train)
 
-  def step_fn(state, window_BxW, n):
-    return train.train_step(
-      state,
-      window_BxW,
-      n,
-      jax.random.PRNGKey(0),
-      model=model,
-      bucket=bucket,
-      z_loss=config.train.z_loss,
-      grad_accum_steps=1,
-      schedule=schedule,
-    )
+  step_fn = stepping.bucket_step(config, model, bucket, schedule)
+  rng = jax.random.PRNGKey(0)
 
   shape = (config.train.batch_size, config.model.max_context + 1)
   window = jnp.asarray(np.random.default_rng(0).integers(0, 256, shape), jnp.int32)
   n = jnp.int32(bucket)
-  compiled = jax.jit(step_fn, donate_argnums=0).lower(state, window, n).compile()
+  compiled = jax.jit(step_fn, donate_argnums=0).lower(state, window, n, rng).compile()
   holder = [state]
 
   def step() -> None:
-    holder[0], metrics = compiled(holder[0], window, n)
+    holder[0], metrics = compiled(holder[0], window, n, rng)
     jax.block_until_ready(metrics)
 
   return step, compiled.memory_analysis()

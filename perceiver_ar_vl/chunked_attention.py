@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_ar_vl.masks import AttentionMask
+from perceiver_ar_vl.masks import AttentionMask, allowed
 from perceiver_ar_vl.rotary import apply_rotary
 
 DEFAULT_BLOCK_Q = 1024
@@ -105,10 +105,7 @@ def _scores(q_BxqxHxK, k_BxkxHxK, q_pos_Bxq, kv_pos_Bxk, key_ok_Bxk, masked: boo
   s = jnp.einsum('bqhd,bkhd->bhqk', q_BxqxHxK, k_BxkxHxK, preferred_element_type=jnp.float32)
   if not masked:
     return s
-  q = q_pos_Bxq[:, None, :, None]
-  k = kv_pos_Bxk[:, None, None, :]
-  allowed = (k <= q) & (key_ok_Bxk[:, None, None, :] | (k == q))
-  return jnp.where(allowed, s, -jnp.inf)
+  return jnp.where(allowed(q_pos_Bxq, kv_pos_Bxk, key_ok_Bxk)[:, None], s, -jnp.inf)
 
 
 # ------------------------------------------------------------------ forward and backward

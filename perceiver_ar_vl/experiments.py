@@ -32,6 +32,7 @@ from perceiver_ar_vl import (
   latents,
   metrics,
   parallel,
+  stepping,
   train,
 )
 from perceiver_ar_vl import state as state_lib
@@ -86,20 +87,10 @@ def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
   _, schedule = state_lib.make_optimizer(config.train)
   batch = jax.ShapeDtypeStruct((config.train.batch_size, config.model.max_context + 1), jnp.int32)
 
-  def step(state, window_BxW, n):
-    return train.train_step(
-      state,
-      window_BxW,
-      n,
-      jax.random.PRNGKey(0),
-      model=model,
-      bucket=bucket,
-      z_loss=config.train.z_loss,
-      grad_accum_steps=config.train.grad_accum_steps,
-      schedule=schedule,
-    )
+  step = stepping.bucket_step(config, model, bucket, schedule)
+  rng = jax.random.PRNGKey(0)
 
-  compiled = jax.jit(step).lower(abstract_state, batch, jnp.int32(bucket)).compile()
+  compiled = jax.jit(step).lower(abstract_state, batch, jnp.int32(bucket), rng).compile()
   stats = compiled.memory_analysis()
   return int(
     stats.argument_size_in_bytes

@@ -37,9 +37,15 @@ class AttentionMask:
 
   def dense(self) -> jax.Array:
     """The whole [B or 1, S, T] boolean mask (for the dense kernels only)."""
-    q = self.q_pos_BxS[:, :, None]
-    k = self.kv_pos_BxT[:, None, :]
-    return (k <= q) & (self.key_ok_BxT[:, None, :] | (k == q))
+    return allowed(self.q_pos_BxS, self.kv_pos_BxT, self.key_ok_BxT)
+
+
+def allowed(q_pos_BxS: jax.Array, kv_pos_BxT: jax.Array, key_ok_BxT: jax.Array) -> jax.Array:
+  """[B, S, T] boolean of the module docstring's rule, for these (slices of) positions: the
+  dense mask, or one block of it in the chunked kernel."""
+  q = q_pos_BxS[:, :, None]
+  k = kv_pos_BxT[:, None, :]
+  return (k <= q) & (key_ok_BxT[:, None, :] | (k == q))
 
 
 def causal_mask(

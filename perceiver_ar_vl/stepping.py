@@ -105,6 +105,20 @@ def train_step(
   return new_state, step_metrics
 
 
+def bucket_step(config: ml_collections.ConfigDict, model, bucket: int, schedule) -> Callable:
+  """`train_step` bound to `config`'s model, loss and optimizer settings at latent `bucket`:
+  (state, window_BxW, num_latents, base_rng) -> (state, metrics). What training, the memory
+  report and the benchmarks all compile."""
+  return functools.partial(
+    train_step,
+    model=model,
+    bucket=bucket,
+    z_loss=config.train.z_loss,
+    grad_accum_steps=config.train.grad_accum_steps,
+    schedule=schedule,
+  )
+
+
 class _StopSignal:
   """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly; a second signal
   stops at once (KeyboardInterrupt), for a Ctrl-C that should not wait for the next step."""
@@ -190,14 +204,7 @@ class _CompiledSteps:
       return self._compiled[bucket]
     if bucket not in self._fns:
       t = self._config.train
-      step = functools.partial(
-        train_step,
-        model=self._model,
-        bucket=bucket,
-        z_loss=t.z_loss,
-        grad_accum_steps=t.grad_accum_steps,
-        schedule=self._schedule,
-      )
+      step = bucket_step(self._config, self._model, bucket, self._schedule)
 
       def counted(state, *args):
         self.compiles[bucket] = self.compiles.get(bucket, 0) + 1  # runs at trace time only

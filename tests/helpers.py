@@ -4,7 +4,11 @@ launch.py as a subprocess."""
 import os
 import sys
 
-from perceiver_ar_vl import config_lib
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver_ar_vl import config_lib, models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,3 +84,24 @@ def launch_command(*args: str, module: str = '') -> list[str]:
 def launch_env() -> dict[str, str]:
   """The test environment for a subprocess: CPU only, conftest's two simulated devices."""
   return {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+
+
+def embedding_influence(apply_fn, length: int, d_model: int) -> np.ndarray:
+  """[S, M] |d (sum of output slot s's logits) / d (embedding at position t)|, summed over
+  channels, for every slot at once: `apply_fn()` runs the model on one window of `length`
+  while an interceptor adds a perturbation to the embedding module's output."""
+
+  def apply_with_delta(delta_1xMxD):
+    def add_delta(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if context.method_name == '__call__' and context.module.name == 'embed':
+        out = out + delta_1xMxD
+      return out
+
+    with models.nn.intercept_methods(add_delta):
+      return apply_fn()
+
+  jacobian_SxMxD = jax.jit(jax.jacrev(lambda d: apply_with_delta(d)[0].sum(-1)))(
+    jnp.zeros((1, length, d_model))
+  )[:, 0]
+  return np.abs(np.asarray(jacobian_SxMxD)).sum(-1)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import embedding_influence, tiny_config
 
 from perceiver_ar_vl import evaluate, models, sampling, state, train
 
@@ -27,21 +27,7 @@ def tokens(seed, batch=1):
 
 def influence(model, params, toks):
   """[M, M] |d logits at position p / d embedding at position t|, summed over channels."""
-
-  def apply_with_delta(delta_BxMxD):
-    def add_delta(next_fun, args, kwargs, context):
-      out = next_fun(*args, **kwargs)
-      if context.method_name == '__call__' and context.module.name == 'embed':
-        out = out + delta_BxMxD
-      return out
-
-    with models.nn.intercept_methods(add_delta):
-      return model.apply(params, toks)
-
-  jac = jax.jit(jax.jacrev(lambda d: apply_with_delta(d)[0].sum(-1)))(
-    jnp.zeros((1, M, SIZE['d_model']))
-  )
-  return np.abs(np.asarray(jac[:, 0])).sum(-1)
+  return embedding_influence(lambda: model.apply(params, toks), M, SIZE['d_model'])
 
 
 def expected_reach(num_layers):

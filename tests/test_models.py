@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import TINY_MODEL, TINY_WINDOW
+from helpers import TINY_MODEL, TINY_WINDOW, embedding_influence
 
 from perceiver_ar_vl import models
 
@@ -131,24 +131,13 @@ def test_causality_by_gradient(perceiver, transformer):
   for jitted, params, bucket in ((*perceiver, 16), (*transformer, None)):
     model = jitted.raw
 
-    def apply_with_delta(delta_BxMxD, model=model, params=params, bucket=bucket):
-      # Perturb the embeddings through an additive input by intercepting the embed module.
-      def embed_interceptor(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == '__call__' and context.module.name == 'embed':
-          out = out + delta_BxMxD
-        return out
-
-      with models.nn.intercept_methods(embed_interceptor):
-        if bucket is None:
-          return model.apply(params, tokens)
-        return model.apply(params, tokens, num_latents=bucket)
+    def apply(model=model, params=params, bucket=bucket):
+      if bucket is None:
+        return model.apply(params, tokens)
+      return model.apply(params, tokens, num_latents=bucket)
 
     # d(sum of slot s's logits) / d(embedding at every position), for every slot s at once.
-    jacobian_SxMxD = jax.jit(jax.jacrev(lambda d: apply_with_delta(d)[0].sum(-1)))(
-      jnp.zeros((1, M, TINY['d_model']))
-    )[:, 0]
-    norms_SxM = np.abs(np.asarray(jacobian_SxMxD)).sum(-1)
+    norms_SxM = embedding_influence(apply, M, TINY['d_model'])
     first_slot_position = M - (bucket or M)
     for slot, norms in enumerate(norms_SxM):
       position = first_slot_position + slot

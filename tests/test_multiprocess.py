@@ -47,6 +47,14 @@ OVERRIDES = {
 TIMEOUT_S = 240  # for each group of processes; about 30 s on an idle 2-core CPU
 
 
+def _stop_leftovers(procs) -> None:
+  """Kills and reaps the processes of a test that are still running (after a failure)."""
+  for proc in procs:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+
+
 def _free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
     s.bind(('127.0.0.1', 0))
@@ -113,10 +121,7 @@ def _wait_all(procs, logs) -> None:
       f'Training did not finish within {TIMEOUT_S} s.\n' + '\n'.join(_tail(p) for p in logs)
     )
   finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    _stop_leftovers(procs)
   for proc, log in zip(procs, logs, strict=True):
     assert proc.returncode == 0, _tail(log)
 
@@ -250,10 +255,7 @@ def test_two_processes_prepare_a_shared_dataset_once(tmp_path):
   try:
     outputs = [proc.communicate(timeout=TIMEOUT_S)[0] for proc in procs]
   finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    _stop_leftovers(procs)
   for proc, output in zip(procs, outputs, strict=True):
     assert proc.returncode == 0, output[-3000:]
 
