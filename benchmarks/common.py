@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, parallel, stepping
+from perceiver_ar_vl import config_lib, experiments, parallel, stepping
 from perceiver_ar_vl import state as state_lib
 
 
@@ -65,13 +65,8 @@ def time_train_step(
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
-  total = (
-    stats.argument_size_in_bytes
-    + stats.output_size_in_bytes
-    + stats.temp_size_in_bytes
-    - stats.alias_size_in_bytes
-  )
-  return StepStats(statistics.median(times), int(stats.temp_size_in_bytes), int(total))
+  total = experiments.compiled_bytes(stats)
+  return StepStats(statistics.median(times), int(stats.temp_size_in_bytes), total)
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
