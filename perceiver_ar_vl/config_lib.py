@@ -5,6 +5,8 @@ strategy in seed units (window 1024), then the preset named by the config argume
 (`configs/curriculum.py:smoke`):
   * ''/'gpu' — the seed experiment: enwik8, window 1024, 6 layers, d_model 512, batch 32;
   * 'cpu'    — a 0.86M-parameter model, window 256, that learns real text on 2 CPU cores;
+  * 'cpu_long' — the 'cpu' model and latent counts with a 4096-byte window (16x the context
+               for the cost of a longer cross-attend; full-window models scale to 4096);
   * 'smoke'  — a tiny model on the synthetic copy task, under 2 minutes on a 2-core CPU.
 A preset with a shorter window scales the strategy's latent counts and the buckets by
 window / 1024, so `fixed_512` always means "half the window" and the comparison keeps its shape.
@@ -23,7 +25,8 @@ MODEL_TYPES = ('perceiver_ar', 'transformer', 'ecp')
 FULL_WINDOW_TYPES = ('transformer', 'ecp')
 DTYPES = ('float32', 'bfloat16')
 LR_SCHEDULES = ('cosine', 'constant')
-PRESETS = ('', 'gpu', 'cpu', 'smoke')
+PRESETS = ('', 'gpu', 'cpu', 'cpu_long', 'smoke')
+LONG_WINDOW = 4096  # the 'cpu_long' window
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.mlp_dim = 2048
   c.model.max_context = 1024  # M, the window
   c.model.dropout_rate = 0.1
-  c.model.cross_attend_dropout = 0.0
+  c.model.cross_attend_dropout = 0.0  # prefix keys dropped from the cross-attend (training)
+  c.model.latent_dropout = 0.0  # active latents dropped as latent-layer keys (training)
   c.model.activation = 'gelu'  # gelu | relu | sq_relu
   c.model.position_encoding = 'rotary'  # rotary | absolute
   c.model.rotary_fraction = 0.5
@@ -81,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0
   c.train.grad_clip = 1.0
   c.train.z_loss = 1e-4
+  # Short-context training: this fraction of training windows (drawn per window and step)
+  # keeps only a random-length suffix of L ~ U[1, M] bytes; the rest is left padding that is
+  # neither attended nor scored, so latents also learn to predict from a short context.
+  c.train.random_truncation = 0.0
   c.train.log_every = 100
   c.train.checkpoint_every = 2_000
   c.train.keep_checkpoints = 3
@@ -113,10 +121,10 @@ def base_config() -> ml_collections.ConfigDict:
 SEED_WINDOW = 1024
 
 
-def _scale_latents(c: ml_collections.ConfigDict) -> None:
+def _scale_latents(c: ml_collections.ConfigDict, window: int | None = None) -> None:
   """Rescales latent counts, buckets and the ECP segment length written for the seed window
-  to `model.max_context`."""
-  factor = c.model.max_context / SEED_WINDOW
+  to `window` (default `model.max_context`)."""
+  factor = (window or c.model.max_context) / SEED_WINDOW
   scale = lambda n: max(1, int(round(n * factor)))
   c.latents.min, c.latents.max = scale(c.latents.min), scale(c.latents.max)
   c.latents.buckets = tuple(sorted({scale(b) for b in c.latents.buckets}))
@@ -133,12 +141,15 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     )
   if preset in ('', 'gpu'):
     c.model.dtype = 'bfloat16'  # the GPU preset computes in bf16 (float32 parameters, loss)
-  if preset == 'cpu':
+  if preset in ('cpu', 'cpu_long'):
     c.data.name = 'text_file'
+    window = LONG_WINDOW if preset == 'cpu_long' else 256
     c.model.update(
-      num_layers=4, num_heads=4, d_model=128, mlp_dim=512, max_context=256, dropout_rate=0.0
+      num_layers=4, num_heads=4, d_model=128, mlp_dim=512, max_context=window, dropout_rate=0.0
     )
-    _scale_latents(c)
+    # Perceiver AR keeps the 'cpu' latent counts (those of a 256-byte window) at any window;
+    # the full-window models score every position, so they scale with the window.
+    _scale_latents(c, window if c.model.type in FULL_WINDOW_TYPES else 256)
     c.train.update(
       steps=2_000,
       batch_size=16,
@@ -178,6 +189,9 @@ STRATEGY_SPECS = {
   'fixed_512': dict(strategy='fixed', min_latents=512, max_latents=512),
   'uniform': dict(strategy='uniform', min_latents=64, max_latents=512),
   'curriculum': dict(strategy='curriculum', min_latents=64, max_latents=512),
+  'curriculum_stepwise': dict(
+    strategy='curriculum', min_latents=64, max_latents=512, schedule='stepwise'
+  ),
   'transformer': dict(
     strategy='fixed', min_latents=1024, max_latents=1024, model_type='transformer'
   ),
@@ -243,7 +257,9 @@ def create_model(
       ecp_rotary_first_layer_only=m.ecp_rotary_first_layer_only,
       ecp_segment0_out=m.ecp_segment0_out,
     )
-  return models.PerceiverAR(**kwargs, cross_attend_dropout=m.cross_attend_dropout)
+  return models.PerceiverAR(
+    **kwargs, cross_attend_dropout=m.cross_attend_dropout, latent_dropout=m.latent_dropout
+  )
 
 
 def _choice(value, choices, key: str) -> None:
@@ -272,6 +288,16 @@ def _check_latent_count(n: int, key: str, window: int, zero_ok: bool = False) ->
       f'{key}={n} must be in [1, model.max_context={window}]{default}: a window of {window} '
       'bytes holds at most that many latents.'
     )
+
+
+def _probability(section: ml_collections.ConfigDict, name: str, keys: tuple[str, ...]) -> None:
+  """Each `section[key]` must be a probability in [0, 1)."""
+  for key in keys:
+    if not 0 <= section[key] < 1:
+      raise errors.UserError(
+        f'{name}.{key}={section[key]} must be a probability in [0, 1); set '
+        f'--config.{name}.{key} (0 turns it off).'
+      )
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -336,6 +362,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       'parameters and optimizer state over the devices).'
     )
   _at_least(t, 'train', ('warmup_steps', 'eval_every', 'eval_max_bytes'), 0)
+  _probability(m, 'model', ('dropout_rate', 'cross_attend_dropout', 'latent_dropout'))
+  _probability(t, 'train', ('random_truncation',))
   if t.batch_size % t.grad_accum_steps:
     raise errors.UserError(
       f'train.batch_size={t.batch_size} must be divisible by '

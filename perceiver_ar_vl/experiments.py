@@ -1,16 +1,23 @@
-"""The strategy comparison: fixed_256, fixed_512, uniform, curriculum and the Transformer
-baseline trained at an equal budget (same steps, batch and window), each evaluated at several
-latent counts, with each bucket's compiled train-step memory; writes a markdown table and PNG
-plots.
+"""The strategy comparison: fixed_256, fixed_512, uniform, curriculum (linear, stepwise), the
+Transformer baseline and ECP, trained at an equal budget over several seeds, each evaluated at
+several latent counts, with stability and compiled-memory figures; writes a markdown report
+with mean +- std over seeds and PNG plots (`experiment_report`).
 
-  python -m perceiver_ar_vl.experiments --preset=smoke --out=/tmp/exp_smoke
-  python -m perceiver_ar_vl.experiments --preset=cpu --out=results/cpu \
-    --data_path=A.txt,B.txt,C.txt --heldout_path=D.txt
+  python -m perceiver_ar_vl.experiments --preset=smoke --seeds=0,1 --budget=flops --out=/tmp/e
+  python -m perceiver_ar_vl.experiments --preset=cpu --out=results/cpu --seeds=0,1,2 \
+    --budget=steps,flops --data_path=A.txt,B.txt,C.txt --heldout_path=D.txt
   python -m perceiver_ar_vl.experiments --preset=gpu --out=results/gpu --data_path=enwik8.zip
 
-Every run lives in `<out>/<strategy>` and resumes if interrupted; a finished run is not
-retrained, so re-running the command only rebuilds the report. A user error (unknown
-strategy, bad data path, ...) prints one line `error: ...` and exits with status 2.
+Budgets (`budgets.py`): `steps` gives every run the preset's steps; `flops` and `seconds` give
+every run the training FLOPs (analytic model) or measured wall-clock of the reference run
+(fixed_512 at the preset's steps; `--budget_preset` takes it from another preset), so a run of
+cheaper steps gets more of them. A run name may carry variants after '+': `fixed_512+truncation`
+(train.random_truncation), `curriculum+latent_dropout` (model.latent_dropout).
+
+Every run lives in `<out>/runs/<name>/seed<k>-<T>steps` and resumes if interrupted; a finished
+run is not retrained (a run that two budgets give the same steps is trained once), so
+re-running the command only rebuilds the report. A user error (unknown strategy, bad data
+path, ...) prints one line `error: ...` and exits with status 2.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ import numpy as np
 from absl import flags, logging
 
 from perceiver_ar_vl import (
+  budgets,
   config_lib,
   errors,
   evaluate,
-  latents,
+  experiment_report,
   metrics,
   parallel,
   stepping,
@@ -38,13 +46,20 @@ from perceiver_ar_vl import (
 from perceiver_ar_vl import state as state_lib
 
 STRATEGIES = tuple(config_lib.STRATEGY_SPECS)
-FULL_WINDOW_NAMES = {'transformer': 'Transformer', 'ecp': 'ECP'}
+# Training knobs a run name may add after '+', and the settings they apply.
+VARIANTS = {
+  'latent_dropout': {'model.latent_dropout': 0.1},
+  'truncation': {'train.random_truncation': 0.25},
+}
+REFERENCE = 'fixed_512'  # the run whose cost sets the flops and seconds budgets
 # Per experiment preset: the config preset it starts from and its equal training budget.
 EXPERIMENT_PRESETS = {
   'smoke': dict(config_preset='smoke', steps=300, eval_every=60),
   'cpu': dict(config_preset='cpu', steps=600, eval_every=100),
+  'cpu_long': dict(config_preset='cpu_long', steps=600, eval_every=100),
   'gpu': dict(config_preset='gpu', steps=20_000, eval_every=2_000),
 }
+RESULT_VERSION = 2  # run.json layout; older files are rebuilt (without retraining)
 
 
 def experiment_config(
@@ -69,11 +84,64 @@ def experiment_config(
   if eval_max_bytes:
     c.eval.max_bytes = eval_max_bytes
   c.eval.splits = ('validation', 'test')
+  if c.model.type in config_lib.FULL_WINDOW_TYPES:
+    # Scored at N = M only: a full-window model evaluated with N targets per window reruns
+    # the whole window for every N bytes, which costs M/N times the N = M pass.
+    c.eval.latents_sweep = ()
   return config_lib.validate(c)
 
 
+def run_config(
+  name: str,
+  preset: str,
+  *,
+  seed: int = 0,
+  budget: str = 'steps',
+  budget_preset: str = '',
+  steps: int = 0,
+  data_path: str = '',
+  heldout_path: str = '',
+  eval_max_bytes: int = 0,
+) -> ml_collections.ConfigDict:
+  """Run `name` (a strategy, optionally '+variant'...) at `preset` and `seed`, with the step
+  count that `budget` gives it (see the module docstring)."""
+  base, *variants = name.split('+')
+  shared = dict(
+    steps=steps, data_path=data_path, heldout_path=heldout_path, eval_max_bytes=eval_max_bytes
+  )
+  c = experiment_config(base, preset, **shared)
+  for variant in variants:
+    for key, value in VARIANTS[variant].items():
+      section, field = key.split('.')
+      c[section][field] = value
+  c.name, c.seed = name, seed
+  if budget != 'steps':
+    reference = experiment_config(REFERENCE, budget_preset or preset, **shared)
+    reference.seed = seed
+    total = budgets.run_cost(reference, _cost(budget, reference))
+    c.train.steps = budgets.steps_for_budget(c, _cost(budget, c), total)
+    c.train.checkpoint_every = max(c.train.steps // 4, 1)
+  return config_lib.validate(c)
+
+
+_COSTS: dict[tuple[str, str], budgets.BucketCost] = {}
+
+
+def _cost(budget: str, config: ml_collections.ConfigDict) -> budgets.BucketCost:
+  """budgets.bucket_cost, kept per (budget, model and batch) so each bucket is timed once."""
+  key = (budget, config.model.to_json() + repr(config.train.batch_size))
+  if key not in _COSTS:
+    _COSTS[key] = budgets.bucket_cost(budget, config)
+  return _COSTS[key]
+
+
+def run_dir(out: str, config: ml_collections.ConfigDict) -> str:
+  """`<out>/runs/<name>/seed<k>-<T>steps`: what identifies a trained run."""
+  return os.path.join(out, 'runs', config.name, f'seed{config.seed}-{config.train.steps}steps')
+
+
 def target_tokens_seen(config: ml_collections.ConfigDict) -> int:
-  """Scored targets over the whole run: batch * sum over steps of N."""
+  """Scored targets over the whole run: batch * sum over steps of N (before truncation)."""
   counts = [train.latent_count(config, s) for s in range(config.train.steps)]
   return int(config.train.batch_size * np.sum(counts))
 
@@ -95,6 +163,21 @@ def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
   return compiled_bytes(stats)
 
 
+_MEMORY: dict[tuple[str, int], int] = {}
+
+
+def cached_train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
+  """train_step_memory, computed once per (model, train settings, bucket) in this process."""
+  t = config.train
+  key = (
+    config.model.to_json() + repr((t.batch_size, t.grad_accum_steps, t.random_truncation)),
+    bucket,
+  )
+  if key not in _MEMORY:
+    _MEMORY[key] = train_step_memory(config, bucket)
+  return _MEMORY[key]
+
+
 def compiled_bytes(stats) -> int:
   """Arguments + outputs + temporaries - aliased (donated) buffers of an XLA compiled memory
   analysis: the memory figure every report and benchmark of this project uses."""
@@ -107,40 +190,41 @@ def compiled_bytes(stats) -> int:
 
 
 def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) and evaluates one strategy; caches the result in `run.json`."""
+  """Trains (or resumes) and evaluates one run; caches the result in `run.json`."""
   result_path = os.path.join(workdir, 'run.json')
   if os.path.exists(result_path):
     with open(result_path) as f:
       result = json.load(f)
-    if result.get('steps') == config.train.steps:
+    if result.get('steps') == config.train.steps and result.get('version') == RESULT_VERSION:
       return result
   summary = train.train(config, workdir)
   report = evaluate.evaluate(config, workdir)
-  buckets_used = sorted(
-    {
-      latents.bucket_for(train.latent_count(config, s), config.latents.buckets)
-      for s in range(config.train.steps)
-    }
-  )
-  curve = [
-    (r['step'], r['validation_bits_per_byte'])
-    for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
-    if 'validation_bits_per_byte' in r
-  ]
+  schedule = budgets.bucket_schedule(config)
+  memory = {b: cached_train_step_memory(config, b) for b in sorted(set(schedule))}
+  records = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   result = {
+    'version': RESULT_VERSION,
     'name': config.name,
+    'seed': config.seed,
+    'model_type': config.model.type,
     'steps': config.train.steps,
     'batch_size': config.train.batch_size,
     'window': config.model.max_context,
     'train_seconds': summary['train_seconds'],
     'resumed_from': summary['start_step'],
     'target_tokens': target_tokens_seen(config),
-    'buckets_used': buckets_used,
+    'train_flops': budgets.run_cost(config, budgets.bucket_cost('flops', config)),
+    'buckets_used': sorted(memory),
     'train_latents': sorted(
       {config.latents.max} | ({config.latents.min} if config.latents.strategy != 'fixed' else set())
     ),
-    'peak_memory_bytes': max(train_step_memory(config, b) for b in buckets_used),
-    'validation_curve': curve,
+    'memory_by_bucket': {str(b): m for b, m in memory.items()},
+    'peak_memory_bytes': max(memory.values()),
+    'mean_memory_bytes': float(np.mean([memory[b] for b in schedule])),
+    **experiment_report.stability(records, warmup_steps=config.train.warmup_steps),
+    'validation_curve': [
+      (r['step'], r['validation_bits_per_byte']) for r in records if 'validation_bits_per_byte' in r
+    ],
     'eval': report['results'],
   }
   with open(result_path, 'w') as f:
@@ -148,116 +232,36 @@ def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   return result
 
 
-def _bits(result: dict, split: str, n: int) -> float | None:
-  for r in result['eval']:
-    if r['split'] == split and r['num_latents'] == n:
-      return r['bits']
-  return None
-
-
-def write_report(
-  results: list[dict], memory: dict[str, list[tuple[int, int]]], out: str, preset: str, command: str
-) -> str:
-  """Writes `results.md` and the three PNG plots into `out`; returns the markdown."""
-  import matplotlib
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  counts = sorted({r['num_latents'] for res in results for r in res['eval']})
-  lines = [
-    f'Preset `{preset}`: {results[0]["steps"]} steps, batch {results[0]["batch_size"]}, '
-    f'window {results[0]["window"]} for every run. Command: `{command}`',
-    '',
-    '| run | train N | wall-clock (s) | target tokens | peak train-step memory (MiB) | '
-    'valid bits/byte @ train max N | test bits/byte @ train max N |',
-    '|---|---|---:|---:|---:|---:|---:|',
-  ]
-  for res in results:
-    n_max = res['train_latents'][-1]
-    label = '..'.join(str(n) for n in res['train_latents'])
-    lines.append(
-      f'| {res["name"]} | {label} | {res["train_seconds"]:.0f} | '
-      f'{res["target_tokens"]:,} | {res["peak_memory_bytes"] / 2**20:.1f} | '
-      f'{_bits(res, "validation", n_max):.4f} | {_bits(res, "test", n_max):.4f} |'
-    )
-  lines += [
-    '',
-    'Validation bits per byte by evaluation latent count:',
-    '',
-    '| run | ' + ' | '.join(f'N={n}' for n in counts) + ' |',
-    '|---|' + '---:|' * len(counts),
-  ]
-  for res in results:
-    cells = [_bits(res, 'validation', n) for n in counts]
-    lines.append(
-      f'| {res["name"]} | ' + ' | '.join('' if c is None else f'{c:.4f}' for c in cells) + ' |'
-    )
-  parts = [', '.join(f'{b}: {m / 2**20:.1f}' for b, m in memory.get('perceiver_ar', []))]
-  parts += [
-    f'{FULL_WINDOW_NAMES[kind]} (window {memory[kind][0][0]}): {memory[kind][0][1] / 2**20:.1f}'
-    for kind in config_lib.FULL_WINDOW_TYPES
-    if memory.get(kind)
-  ]
-  lines += ['', 'Compiled train-step memory by bucket (MiB): ' + '; '.join(filter(None, parts))]
-  markdown = '\n'.join(lines) + '\n'
-  with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write(markdown)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for res in results:
-    if res['validation_curve']:
-      steps, bits = zip(*res['validation_curve'], strict=True)
-      ax.plot(steps, bits, marker='o', label=res['name'])
-  ax.set(
-    xlabel='training step',
-    ylabel='validation bits per byte',
-    title='Validation bits per byte during training',
-  )
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'validation_vs_step.png'), dpi=120)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for res in results:
-    pts = sorted((r['num_latents'], r['bits']) for r in res['eval'] if r['split'] == 'validation')
-    ax.plot(*zip(*pts, strict=True), marker='o', label=res['name'])
-  ax.set(
-    xscale='log',
-    xlabel='latents at evaluation (N)',
-    ylabel='validation bits per byte',
-    title='Quality vs evaluation compute',
-  )
-  ax.set_xticks(counts, [str(n) for n in counts])
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'bits_vs_latents.png'), dpi=120)
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ticks = sorted({b for kind in memory for b, _ in memory[kind]})
-  if memory.get('perceiver_ar'):
-    buckets, mems = zip(*memory['perceiver_ar'], strict=True)
-    ax.plot(buckets, [m / 2**20 for m in mems], marker='o', label='Perceiver AR train step')
-  for kind, color in zip(config_lib.FULL_WINDOW_TYPES, ('red', 'green'), strict=True):
-    if memory.get(kind):
-      ((window, mem),) = memory[kind]
-      label = f'{FULL_WINDOW_NAMES[kind]} train step'
-      ax.scatter([window], [mem / 2**20], color=color, zorder=3, label=label)
-  ax.set(
-    xscale='log',
-    xlabel='latent bucket (B)',
-    ylabel='compiled peak memory (MiB)',
-    title='Train-step memory vs latents',
-  )
-  ax.set_xticks(ticks, [str(b) for b in ticks])
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'memory_vs_latents.png'), dpi=120)
-  plt.close('all')
-  return markdown
+def _check_request(preset: str, strategies, steps: int, seeds, budgets_) -> None:
+  """Raises UserError for an unknown preset, strategy, variant or budget, or bad counts."""
+  if preset not in EXPERIMENT_PRESETS:
+    raise errors.UserError(f'Unknown preset {preset!r}; choose one of {tuple(EXPERIMENT_PRESETS)}.')
+  if not strategies:
+    raise errors.UserError(f'--strategies is empty; choose from {",".join(STRATEGIES)}.')
+  for name in strategies:
+    base, *variants = name.split('+')
+    if base not in STRATEGIES:
+      raise errors.UserError(
+        f'--strategies={",".join(strategies)}: unknown strategy {base!r}; '
+        f'choose from {",".join(STRATEGIES)}.'
+      )
+    for variant in variants:
+      if variant not in VARIANTS:
+        raise errors.UserError(
+          f'--strategies: unknown variant {variant!r} in {name!r}; choose from '
+          f'{",".join(VARIANTS)} (e.g. fixed_512+truncation).'
+        )
+  if steps < 0:
+    raise errors.UserError(f'--steps={steps} must be >= 0 (0 = the preset budget).')
+  if not seeds or any(s < 0 for s in seeds):
+    raise errors.UserError(f'--seeds={seeds}: give one or more seeds >= 0, e.g. --seeds=0,1,2.')
+  for budget in budgets_:
+    if budget not in budgets.BUDGETS:
+      raise errors.UserError(
+        f'--budget={budget!r}: unknown budget; choose from {",".join(budgets.BUDGETS)}.'
+      )
+  if not budgets_:
+    raise errors.UserError('--budget is empty; choose from steps,flops,seconds.')
 
 
 def run_experiment(
@@ -265,52 +269,68 @@ def run_experiment(
   out: str,
   *,
   strategies=STRATEGIES,
+  seeds=(0,),
+  budget=('steps',),
+  budget_preset: str = '',
   steps: int = 0,
   data_path: str = '',
   heldout_path: str = '',
   eval_max_bytes: int = 0,
   command: str = '',
 ) -> str:
-  """Runs every strategy at the preset's equal budget and writes the report into `out`."""
-  if preset not in EXPERIMENT_PRESETS:
-    raise errors.UserError(f'Unknown preset {preset!r}; choose one of {tuple(EXPERIMENT_PRESETS)}.')
-  unknown = [name for name in strategies if name not in STRATEGIES]
-  if unknown or not strategies:
+  """Trains every strategy once per seed at each budget and writes the report into `out`.
+
+  Runs go budget by budget, then seed by seed, so an interrupted study has whole seeds first.
+  """
+  budget = (budget,) if isinstance(budget, str) else tuple(budget)
+  strategies, seeds = tuple(strategies), tuple(int(s) for s in seeds)
+  _check_request(preset, strategies, steps, seeds, budget)
+  if budget_preset and budget_preset not in EXPERIMENT_PRESETS:
     raise errors.UserError(
-      f'--strategies={",".join(strategies)}: unknown strategy {unknown[0]!r}; '
-      f'choose from {",".join(STRATEGIES)}.'
-      if unknown
-      else f'--strategies is empty; choose from {",".join(STRATEGIES)}.'
+      f'Unknown --budget_preset {budget_preset!r}; choose one of {tuple(EXPERIMENT_PRESETS)}.'
     )
-  if steps < 0:
-    raise errors.UserError(f'--steps={steps} must be >= 0 (0 = the preset budget).')
-  # Every run's config first, so a bad strategy name or setting stops before any training.
-  configs = [
-    experiment_config(
-      name,
-      preset,
-      steps=steps,
-      data_path=data_path,
-      heldout_path=heldout_path,
-      eval_max_bytes=eval_max_bytes,
-    )
+  shared = dict(
+    steps=steps, data_path=data_path, heldout_path=heldout_path, eval_max_bytes=eval_max_bytes
+  )
+  # Every run's config first (cheap for steps and flops), so a bad setting stops before any
+  # training; seconds budgets time each bucket once here.
+  plan = [
+    (b, run_config(name, preset, seed=seed, budget=b, budget_preset=budget_preset, **shared))
+    for b in budget
+    for seed in seeds
     for name in strategies
   ]
   os.makedirs(out, exist_ok=True)
-  results, memory = [], {}
-  for name, config in zip(strategies, configs, strict=True):
-    logging.info('=== %s: %d steps ===', name, config.train.steps)
-    result = run_strategy(config, os.path.join(out, name))
-    results.append(result)
-    if config.model.type in config_lib.FULL_WINDOW_TYPES:
-      memory[config.model.type] = [
-        (config.model.max_context, train_step_memory(config, config.model.max_context))
-      ]
-    elif 'perceiver_ar' not in memory:
-      memory['perceiver_ar'] = [(b, train_step_memory(config, b)) for b in config.latents.buckets]
-  markdown = write_report(results, memory, out, preset, command)
+  results = []
+  for b, config in plan:
+    logging.info(
+      '=== %s seed %d (%s budget): %d steps ===', config.name, config.seed, b, config.train.steps
+    )
+    results.append({**run_strategy(config, run_dir(out, config)), 'budget': b})
+  memory = _memory_by_bucket(preset, strategies, shared)
+  markdown = experiment_report.write_report(
+    results, memory, out, preset=preset, command=command, reference=REFERENCE
+  )
   print(markdown)
   return markdown
+
+
+def _memory_by_bucket(preset: str, strategies, shared: dict) -> dict[str, list[tuple[int, int]]]:
+  """Compiled train-step memory of every bucket of the Perceiver AR config, and of each
+  full-window model at its window: the memory plot and line of the report."""
+  memory = {}
+  for name in strategies:
+    config = experiment_config(name.split('+')[0], preset, **shared)
+    kind = config.model.type
+    if kind in memory:
+      continue
+    buckets = (
+      (config.model.max_context,)
+      if kind in config_lib.FULL_WINDOW_TYPES
+      else config.latents.buckets
+    )
+    memory[kind] = [(b, cached_train_step_memory(config, b)) for b in buckets]
+  return memory
 
 
 FLAGS = flags.FLAGS
@@ -337,34 +357,52 @@ def main(argv):
 
 
 def _run_from_flags() -> None:
+  try:
+    seeds = tuple(int(s) for s in FLAGS.seeds)
+  except ValueError:
+    raise errors.UserError(
+      f'--seeds={",".join(FLAGS.seeds)}: seeds are integers, e.g. --seeds=0,1,2.'
+    ) from None
+  named = [
+    ('preset', FLAGS.preset),
+    ('out', FLAGS.out),
+    ('strategies', ','.join(FLAGS.strategies)),
+    ('seeds', ','.join(FLAGS.seeds)),
+    ('budget', ','.join(FLAGS.budget)),
+    ('budget_preset', FLAGS.budget_preset),
+    ('data_path', FLAGS.data_path),
+    ('heldout_path', FLAGS.heldout_path),
+    ('steps', FLAGS.steps),
+    ('eval_max_bytes', FLAGS.eval_max_bytes),
+  ]
   run_experiment(
     FLAGS.preset,
     FLAGS.out,
     strategies=tuple(FLAGS.strategies),
+    seeds=seeds,
+    budget=tuple(FLAGS.budget),
+    budget_preset=FLAGS.budget_preset,
     steps=FLAGS.steps,
     data_path=FLAGS.data_path,
     heldout_path=FLAGS.heldout_path,
     eval_max_bytes=FLAGS.eval_max_bytes,
     command='python -m perceiver_ar_vl.experiments '
-    + ' '.join(
-      f'--{k}={v}'
-      for k, v in [
-        ('preset', FLAGS.preset),
-        ('out', FLAGS.out),
-        ('data_path', FLAGS.data_path),
-        ('heldout_path', FLAGS.heldout_path),
-        ('steps', FLAGS.steps),
-      ]
-      if v
-    ),
+    + ' '.join(f'--{k}={v}' for k, v in named if v),
   )
 
 
 if __name__ == '__main__':
   flags.DEFINE_enum('preset', 'smoke', list(EXPERIMENT_PRESETS), 'Scale of the comparison.')
   flags.DEFINE_string('out', None, 'Output directory (runs, results.md, plots).')
-  flags.DEFINE_list('strategies', list(STRATEGIES), 'Which runs to include.')
-  flags.DEFINE_integer('steps', 0, 'Training steps per run (0 = the preset budget).')
+  flags.DEFINE_list(
+    'strategies', list(STRATEGIES), 'Runs to include; a name may add +latent_dropout/+truncation.'
+  )
+  flags.DEFINE_list('seeds', ['0'], 'Seeds: every run is trained once per seed.')
+  flags.DEFINE_list('budget', ['steps'], 'Equal budgets to compare at: steps, flops, seconds.')
+  flags.DEFINE_string(
+    'budget_preset', '', 'Preset of the reference run of flops/seconds budgets (default: --preset).'
+  )
+  flags.DEFINE_integer('steps', 0, 'Training steps of the reference (0 = the preset budget).')
   flags.DEFINE_string('data_path', '', 'config.data.path for every run (text files, enwik8).')
   flags.DEFINE_string('heldout_path', '', 'config.data.heldout_path (text_file validation/test).')
   flags.DEFINE_integer('eval_max_bytes', 0, 'Bytes scored per split (0 = the preset default).')

@@ -39,6 +39,23 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
 
 
+_TRUNCATION_STREAM = 0x7472  # fold_in tag: truncation draws, independent of dropout's
+
+
+def truncation_mask(window_BxW: jax.Array, fraction: float, rng: jax.Array) -> jax.Array:
+  """[batch, M] validity mask for short-context training (`train.random_truncation`).
+
+  Each window is truncated with probability `fraction` to a suffix of L ~ U[1, M] input bytes;
+  the positions before it become left padding (False): not attended and, for a latent sitting
+  there, not scored. Windows that are not truncated keep all M positions.
+  """
+  batch, context = window_BxW.shape[0], window_BxW.shape[1] - 1
+  pick_rng, length_rng = jax.random.split(rng)
+  truncated_B = jax.random.bernoulli(pick_rng, fraction, (batch,))
+  keep_B = jnp.where(truncated_B, jax.random.randint(length_rng, (batch,), 1, context + 1), context)
+  return jnp.arange(context)[None, :] >= context - keep_B[:, None]
+
+
 def train_step(
   state: state_lib.TrainState,
   window_BxW: jax.Array,
@@ -50,26 +67,36 @@ def train_step(
   z_loss: float,
   grad_accum_steps: int,
   schedule,
+  random_truncation: float = 0.0,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch of windows [batch, M+1] with N active latents.
 
-  Dropout randomness is fold_in(base_rng, step), so a resumed run draws the same masks.
-  With grad_accum_steps = k the batch is split into k microbatches whose gradients are averaged
-  (each has the same number of active targets, so this equals the full-batch gradient).
+  Dropout (and truncation) randomness is fold_in(base_rng, step), so a resumed run draws the
+  same masks. With grad_accum_steps = k the batch is split into k microbatches whose gradients
+  are averaged (each has the same number of active targets, so this equals the full-batch
+  gradient; with random_truncation > 0 each microbatch's mean is weighted equally).
   """
   rng = jax.random.fold_in(base_rng, state.step)
 
   def loss_fn(params, micro_BxW, micro_rng):
+    input_mask, weights = None, None
+    if random_truncation > 0:
+      trunc_rng = jax.random.fold_in(micro_rng, _TRUNCATION_STREAM)
+      input_mask = truncation_mask(micro_BxW, random_truncation, trunc_rng)
+      weights = input_mask[:, input_mask.shape[1] - bucket :]  # a latent at padding: no loss
     logits = models.forward_logits(
       model,
       params,
       micro_BxW[:, :-1],
       num_latents,
       bucket,
+      input_mask=input_mask,
       deterministic=False,
       rngs={'dropout': micro_rng},
     )
-    out = losses.cross_entropy_loss(logits, micro_BxW, num_latents, z_loss=z_loss)
+    out = losses.cross_entropy_loss(
+      logits, micro_BxW, num_latents, z_loss=z_loss, weights_BxS=weights
+    )
     return out.objective, out
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -116,6 +143,7 @@ def bucket_step(config: ml_collections.ConfigDict, model, bucket: int, schedule)
     z_loss=config.train.z_loss,
     grad_accum_steps=config.train.grad_accum_steps,
     schedule=schedule,
+    random_truncation=config.train.random_truncation,
   )
 
 

@@ -49,11 +49,16 @@ def check_latents(num_latents, bucket: int | None, context: int) -> int:
 class PerceiverAR(Backbone):
   """Perceiver AR; `num_latents` may change per call (see the module docstring).
 
-  Extra field: `cross_attend_dropout`, the per-example probability of dropping each prefix
-  key (a position that is not an active latent) from the cross-attend while training.
+  Extra fields, both active only while training (deterministic=False):
+    `cross_attend_dropout`: the per-example probability of dropping each prefix key (a
+      position that is not an active latent) from the cross-attend;
+    `latent_dropout`: the per-example probability of dropping each active latent as a key of
+      the latent self-attention layers (the original's `latent_dropout_prob`); a latent always
+      still sees itself, so no query is left without keys.
   """
 
   cross_attend_dropout: float = 0.0
+  latent_dropout: float = 0.0
 
   def setup(self):
     self._setup_common()
@@ -106,6 +111,11 @@ class PerceiverAR(Backbone):
 
     # Latent self-attention: inactive slots and invalid positions are never keys.
     latent_ok_BxB = active_1xB & valid_BxM[:, context - bucket :]
+    if self.latent_dropout > 0 and not deterministic:
+      drop_BxB = jax.random.bernoulli(
+        self.make_rng('dropout'), self.latent_dropout, (batch, bucket)
+      )
+      latent_ok_BxB = latent_ok_BxB & ~drop_BxB
     latent_mask = causal_mask(slot_positions_1xB, slot_positions_1xB, latent_ok_BxB, aligned=True)
     for block in self.latent_blocks:
       keys_values.append(block.keys_values(z_BxBxD, slot_positions_1xB))
