@@ -26,6 +26,7 @@ def test_experiment_writes_table_and_plots(tmp_path, monkeypatch):
   markdown = experiments.run_experiment(
     'smoke', str(tmp_path), steps=4, strategies=('curriculum', 'transformer')
   )
+  assert '| steps | curriculum | 4..16 | 1 | 4 |' in markdown
   for name in (
     'results.md',
     'validation_vs_step.png',
@@ -33,8 +34,8 @@ def test_experiment_writes_table_and_plots(tmp_path, monkeypatch):
     'memory_vs_latents.png',
   ):
     assert os.path.getsize(tmp_path / name) > 0
-  assert '| curriculum | 4..16 |' in markdown and '| transformer | 32 |' in markdown
-  with open(tmp_path / 'curriculum' / 'run.json') as f:
+  assert '| steps | transformer | 32 | 1 | 4 |' in markdown
+  with open(tmp_path / 'runs' / 'curriculum' / 'seed0-4steps' / 'run.json') as f:
     run = json.load(f)
   assert run['steps'] == 4 and len(run['validation_curve']) == 2  # steps 2 and 4
   assert run['target_tokens'] == 4 * sum(
@@ -60,6 +61,41 @@ def test_experiment_of_ecp_alone_reports_its_memory(tmp_path, monkeypatch):
   """`--strategies=ecp`: a comparison without any Perceiver AR run still writes its report."""
   monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
   markdown = experiments.run_experiment('smoke', str(tmp_path), steps=2, strategies=('ecp',))
-  assert '| ecp | 32 |' in markdown
+  assert '| steps | ecp | 32 |' in markdown
   assert 'ECP (window 32): ' in markdown
   assert os.path.getsize(tmp_path / 'memory_vs_latents.png') > 0
+
+
+def test_seeds_and_flops_budget_report_mean_and_spread(tmp_path, monkeypatch):
+  """Two seeds at the flops budget: runs per seed, cheaper runs get more steps, and the table
+  gives mean ± std with the paired comparison against fixed_512."""
+  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
+  markdown = experiments.run_experiment(
+    'smoke',
+    str(tmp_path),
+    steps=4,
+    seeds=(0, 1),
+    budget=('flops',),
+    strategies=('fixed_512', 'curriculum', 'transformer'),
+  )
+  runs = {
+    name: sorted(os.listdir(tmp_path / 'runs' / name))
+    for name in ('fixed_512', 'curriculum', 'transformer')
+  }
+  assert runs['fixed_512'] == ['seed0-4steps', 'seed1-4steps']
+  steps = {name: int(dirs[0].split('-')[1][: -len('steps')]) for name, dirs in runs.items()}
+  assert steps['curriculum'] >= 4 > steps['transformer']  # same FLOPs: costlier steps, fewer
+  summary = [
+    line for line in markdown.splitlines() if line.startswith('| flops | curriculum | 4..16 | 2 |')
+  ]
+  assert len(summary) == 1 and ' ± ' in summary[0]
+  assert ('better' in summary[0]) or ('worse' in summary[0]) or ('not significant' in summary[0])
+  with open(tmp_path / 'runs' / 'curriculum' / runs['curriculum'][1] / 'run.json') as f:
+    run = json.load(f)
+  assert run['seed'] == 1 and run['peak_memory_bytes'] >= run['mean_memory_bytes'] > 0
+  reference = tiny_experiment_config('fixed_512', '', steps=4)
+  budget = experiments.budgets.run_cost(
+    reference, experiments.budgets.bucket_cost('flops', reference)
+  )
+  assert budget - run['train_flops'] < run['train_flops'] / run['steps']  # nothing left unspent
+  assert run['train_flops'] <= budget
