@@ -161,6 +161,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
       eval_max_bytes=16_384,
     )
     c.eval.update(latents_sweep=(8, 16, 32, 64, 128, 256), max_bytes=65_536)
+    if preset == 'cpu_long':  # each window costs its whole 4096-byte cross-attend: few N
+      c.eval.latents_sweep = (32, 128, 256)
   elif preset == 'smoke':
     c.data.name = 'copy'
     c.model.update(

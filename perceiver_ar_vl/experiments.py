@@ -198,6 +198,14 @@ def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     if result.get('steps') == config.train.steps and result.get('version') == RESULT_VERSION:
       return result
   summary = train.train(config, workdir)
+  if summary['final_step'] < config.train.steps:  # a stop signal: saved, not finished
+    logging.warning(
+      'Run %s stopped at step %d of %d (saved); rerun the same command to resume.',
+      workdir,
+      summary['final_step'],
+      config.train.steps,
+    )
+    raise SystemExit(0)
   report = evaluate.evaluate(config, workdir)
   schedule = budgets.bucket_schedule(config)
   memory = {b: cached_train_step_memory(config, b) for b in sorted(set(schedule))}
