@@ -2,8 +2,10 @@
 
 Every step predicts the next byte from the window of the last M = model.max_context bytes,
 left-padded with 0 and masked where there is no byte yet (so even a 1-byte prompt works); the
-prediction is the logits of the window's last position. Tokens are drawn from
-`filter_logits` (temperature, top-k, top-p) with the key `fold_in(PRNGKey(seed), step)`.
+prediction is the logits of the window's last position. (ECP instead uses a segment-aligned
+window that jumps by whole segments, `decoding_cache.ecp_origin`, on both paths.) Tokens are
+drawn from `filter_logits` (temperature, top-k, top-p) with the key
+`fold_in(PRNGKey(seed), step)`.
 
 Latent schedule (Perceiver AR). The original's cached sampler starts with a full forward pass
 at n0 = max(1, N // 2) latents, adds one latent per new byte, and when its latent cache holds
@@ -27,10 +29,21 @@ Paths:
     over the window, filled by one full pass at the first step. Exact while prompt +
     generated <= M; beyond M each cached key keeps the context it was computed with (the
     usual sliding KV cache).
-  * ECP always reruns the window (no cache).
+  * cached, ECP (`decoding_cache.ECPCache`): per layer the keys/values of the previous and
+    the current segment (a ring buffer of 2m slots), each new byte one query through every
+    layer. ECP's segments sit at fixed window positions, so a sliding window would move every
+    segment boundary each byte and no key could be kept; both ECP paths therefore run on a
+    segment-aligned window [origin, origin + M) that starts at the sequence's first byte and,
+    when a byte would fall past its end, jumps ahead by whole segments, keeping min(S - 1, L)
+    full segments behind the new byte's (L layers: ECP's receptive field). A jump is a full
+    pass (reset). The cache is exact at every step, for every ECP option and both position
+    encodings: each step's logits are the model's over that step's aligned window, which is
+    what the uncached ECP path computes. With rotary positions and separate keys/values the
+    aligned windows also equal the unbounded sequence (`decoding_cache.ecp_kept_segments`).
 Cached sampling needs rotary (relative) positions: with `position_encoding='absolute'` each
 byte's window position, hence its embedding, shifts by one every step, so cached keys go
-stale at once; `sample` raises and asks for `cached=False`.
+stale at once; `sample` raises and asks for `cached=False`. (Not for ECP: its aligned window
+keeps each byte's window position until the next reset, so its cache serves both encodings.)
 
 One jitted call (`_decode_loop`) runs up to STEPS_PER_CALL steps in a `lax.fori_loop`, with
 the window, the cache, the next token and the step index in the loop's carry, and the cache
@@ -176,20 +189,26 @@ class _LoopState(NamedTuple):
 
   window_BxM: int32 [B, M], the last M bytes before `token_B` (left-padded with 0).
   token_B: int32 [B], the byte that the next step appends (the last prompt byte at step 0).
-  cache: a `decoding_cache.PerceiverCache` or `TransformerCache`, None on the uncached path.
+  cache: a `decoding_cache.PerceiverCache`, `TransformerCache` or `ECPCache`; None on the
+    uncached path.
   step: int32 scalar, the index of the next step (its PRNG fold-in and latent count).
   context_len: int32 scalar, the number of bytes once `token_B` is appended.
   """
 
   window_BxM: jax.Array
   token_B: jax.Array
-  cache: decoding_cache.PerceiverCache | decoding_cache.TransformerCache | None
+  cache: (
+    decoding_cache.PerceiverCache | decoding_cache.TransformerCache | decoding_cache.ECPCache | None
+  )
   step: jax.Array
   context_len: jax.Array
 
 
 def _uncached_logits(model, variables, window_BxM, context_len, num_latents, bucket: int):
-  """Reruns the model on the left-padded window; logits [B, vocab] of its last position."""
+  """Reruns the model on the left-padded window; logits [B, vocab] of its last position (ECP:
+  of the last byte in its segment-aligned window, `decoding_cache.ecp_window_logits`)."""
+  if isinstance(model, models.ECP):
+    return decoding_cache.ecp_window_logits(model, variables, window_BxM, context_len)[0]
   batch, window = window_BxM.shape
   valid_BxM = decoding_cache.window_indices(context_len, batch, window) >= 0
   if isinstance(model, models.PerceiverAR):
@@ -207,6 +226,8 @@ def _reset(model, max_latents: int, variables, window_BxM, context_len):
     logits_BxV, cache = decoding_cache.perceiver_prefill(
       model, variables, window_BxM, context_len, reset_latents(max_latents), max_latents
     )
+  elif isinstance(model, models.ECP):
+    logits_BxV, cache = decoding_cache.ecp_prefill(model, variables, window_BxM, context_len)
   else:
     logits_BxV, cache = decoding_cache.transformer_prefill(
       model, variables, window_BxM, context_len
@@ -221,9 +242,10 @@ def _extend(model, variables, cache, token_B, context_len, num_latents):
       variables, cache, token_B, context_len, num_latents, method=decoding_cache.perceiver_extend
     )
   else:
-    logits_BxV, cache = model.apply(
-      variables, cache, token_B, context_len, method=decoding_cache.transformer_extend
-    )
+    extend = decoding_cache.transformer_extend
+    if isinstance(model, models.ECP):
+      extend = decoding_cache.ecp_extend
+    logits_BxV, cache = model.apply(variables, cache, token_B, context_len, method=extend)
   return logits_BxV.astype(jnp.float32), cache
 
 
@@ -240,7 +262,8 @@ def _decode(
 
   The step's latent count is `latent_counts` at `state.step` (Perceiver AR). On the cached
   path the step is a full pass that refills the cache where the schedule says so (Perceiver
-  AR: the count is back at n0; Transformer: step 0), else one position through the cache;
+  AR: the count is back at n0; Transformer: step 0; ECP: step 0 and each jump of the aligned
+  window), else one position through the cache;
   `lax.cond` runs only the branch taken. `noise_BxV` is the step's Gumbel noise.
   Returns (next state, logits [B, vocab]).
   """
@@ -256,6 +279,8 @@ def _decode(
     is_reset = state.step == 0
     if isinstance(model, models.PerceiverAR):
       is_reset = num_latents == n0
+    elif isinstance(model, models.ECP):
+      is_reset |= decoding_cache.ecp_origin(model, state.context_len) != cache.origin
     logits_BxV, cache = jax.lax.cond(
       is_reset,
       lambda: _reset(model, max_latents, variables, window_BxM, state.context_len),
@@ -379,8 +404,8 @@ def sample(
     temperature, top_k, top_p: see `filter_logits`; temperature 0 is greedy.
     seed: step t draws with jax.random.fold_in(jax.random.PRNGKey(seed), t).
     cached: keep keys/values between steps (see the module docstring) instead of rerunning
-      the whole window each byte. Needs rotary positions. ECP has no cache yet: it always
-      reruns the window (its segments' keys change as the window shifts).
+      the whole window each byte. Needs rotary positions, except for ECP (whose cache
+      follows its segment-aligned window and is exact on both paths).
     return_logits: also return the model's (unfiltered) logits of each step.
 
   Returns:
@@ -396,7 +421,6 @@ def sample(
     jnp.int32(top_k),
     jnp.float32(top_p),
   )
-  cached = cached and not isinstance(model, models.ECP)  # ECP has no decoding cache
   window_BxM = jnp.asarray(decoding_cache.left_padded_window(prompt_BxP[:, :-1], model.max_context))
   state = _LoopState(
     window_BxM,

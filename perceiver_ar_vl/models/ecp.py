@@ -100,9 +100,17 @@ class ECP(Backbone):
     self.blocks = blocks
 
   def __call__(
-    self, tokens_BxM: jax.Array, input_mask: jax.Array | None = None, deterministic: bool = True
-  ) -> jax.Array:
-    """Logits [batch, M, vocab], one per window position; M a multiple of segment_length."""
+    self,
+    tokens_BxM: jax.Array,
+    input_mask: jax.Array | None = None,
+    deterministic: bool = True,
+    return_keys_values: bool = False,
+  ):
+    """Logits [batch, M, vocab], one per window position; M a multiple of segment_length.
+
+    With `return_keys_values`, returns (logits, keys_values): one (k, v) pair [B, M, H, K]
+    per layer, computed from that layer's inputs (what `decoding_cache.ECPCache` keeps).
+    """
     valid_BxM = self._check_window(tokens_BxM, input_mask)
     context = tokens_BxM.shape[1]
     m = self.segment_length
@@ -113,9 +121,11 @@ class ECP(Backbone):
       )
     positions_1xM = jnp.arange(context)[None]  # the same for every example
     x_BxMxD = self.embed_tokens(tokens_BxM, positions_1xM)
+    keys_values = []
     for block in self.blocks:
       q = block.attention.queries(block.ln_q(x_BxMxD), positions_1xM)
       k, v = block.keys_values(x_BxMxD, positions_1xM)
+      keys_values.append((k, v))
       out_BxMxHxK = segment_attention(q, k, v, positions_1xM, valid_BxM, m, self.attention_impl)
       if self.ecp_segment0_out:  # segment 0's own output projection
         first, rest = out_BxMxHxK[:, :m], out_BxMxHxK[:, m:]
@@ -125,4 +135,5 @@ class ECP(Backbone):
       else:
         h_BxMxD = block.attention.out(out_BxMxHxK)
       x_BxMxD = block.residual_and_mlp(x_BxMxD, h_BxMxD, deterministic)
-    return self.logits(x_BxMxD)
+    logits = self.logits(x_BxMxD)
+    return (logits, keys_values) if return_keys_values else logits
