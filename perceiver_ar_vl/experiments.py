@@ -189,14 +189,23 @@ def compiled_bytes(stats) -> int:
   )
 
 
+def finished_result(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """The cached `run.json` of a finished run of `config` in `workdir`, or None."""
+  try:
+    with open(os.path.join(workdir, 'run.json')) as f:
+      result = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if result.get('steps') == config.train.steps and result.get('version') == RESULT_VERSION:
+    return result
+  return None
+
+
 def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) and evaluates one run; caches the result in `run.json`."""
-  result_path = os.path.join(workdir, 'run.json')
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      result = json.load(f)
-    if result.get('steps') == config.train.steps and result.get('version') == RESULT_VERSION:
-      return result
+  result = finished_result(workdir, config)
+  if result is not None:
+    return result
   summary = train.train(config, workdir)
   if summary['final_step'] < config.train.steps:  # a stop signal: saved, not finished
     logging.warning(
@@ -235,8 +244,7 @@ def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     ],
     'eval': report['results'],
   }
-  with open(result_path, 'w') as f:
-    json.dump(result, f, indent=2)
+  train._write_atomically(os.path.join(workdir, 'run.json'), json.dumps(result, indent=2))
   return result
 
 
@@ -285,10 +293,12 @@ def run_experiment(
   heldout_path: str = '',
   eval_max_bytes: int = 0,
   command: str = '',
+  report_only: bool = False,
 ) -> str:
   """Trains every strategy once per seed at each budget and writes the report into `out`.
 
   Runs go budget by budget, then seed by seed, so an interrupted study has whole seeds first.
+  `report_only` trains nothing: the report covers the runs already finished.
   """
   budget = (budget,) if isinstance(budget, str) else tuple(budget)
   strategies, seeds = tuple(strategies), tuple(int(s) for s in seeds)
@@ -311,10 +321,19 @@ def run_experiment(
   os.makedirs(out, exist_ok=True)
   results = []
   for b, config in plan:
+    if report_only:
+      finished = finished_result(run_dir(out, config), config)
+      if finished is None:
+        logging.warning('Not finished, left out of the report: %s', run_dir(out, config))
+      else:
+        results.append({**finished, 'budget': b})
+      continue
     logging.info(
       '=== %s seed %d (%s budget): %d steps ===', config.name, config.seed, b, config.train.steps
     )
     results.append({**run_strategy(config, run_dir(out, config)), 'budget': b})
+  if not results:
+    raise errors.UserError(f'No finished run in {out} to report; run without --report_only.')
   memory = _memory_by_bucket(preset, strategies, shared)
   markdown = experiment_report.write_report(
     results, memory, out, preset=preset, command=command, reference=REFERENCE
@@ -394,6 +413,7 @@ def _run_from_flags() -> None:
     data_path=FLAGS.data_path,
     heldout_path=FLAGS.heldout_path,
     eval_max_bytes=FLAGS.eval_max_bytes,
+    report_only=FLAGS.report_only,
     command='python -m perceiver_ar_vl.experiments '
     + ' '.join(f'--{k}={v}' for k, v in named if v),
   )
@@ -414,5 +434,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('data_path', '', 'config.data.path for every run (text files, enwik8).')
   flags.DEFINE_string('heldout_path', '', 'config.data.heldout_path (text_file validation/test).')
   flags.DEFINE_integer('eval_max_bytes', 0, 'Bytes scored per split (0 = the preset default).')
+  flags.DEFINE_bool('report_only', False, 'Train nothing; report the runs already finished.')
   flags.mark_flag_as_required('out')
   errors.run(main)

@@ -112,3 +112,15 @@ def test_a_stopped_run_is_not_evaluated_or_cached(tmp_path, monkeypatch):
     experiments.run_experiment('smoke', str(tmp_path), steps=4, strategies=('fixed_512',))
   assert stop.value.code == 0
   assert not os.path.exists(tmp_path / 'runs' / 'fixed_512' / 'seed0-4steps' / 'run.json')
+
+
+def test_report_only_covers_the_finished_runs(tmp_path, monkeypatch):
+  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
+  with pytest.raises(experiments.errors.UserError, match='No finished run'):
+    experiments.run_experiment('smoke', str(tmp_path), steps=2, report_only=True)
+  experiments.run_experiment('smoke', str(tmp_path), steps=2, strategies=('fixed_512',))
+  markdown = experiments.run_experiment(
+    'smoke', str(tmp_path), steps=2, seeds=(0, 1), strategies=('fixed_512',), report_only=True
+  )
+  assert '| steps | fixed_512 | 16 | 1 | 2 |' in markdown  # seed 1 was never trained
+  assert not os.path.exists(tmp_path / 'runs' / 'fixed_512' / 'seed1-2steps')

@@ -191,3 +191,11 @@ def test_paired_difference_calls_only_differences_beyond_the_spread():
   assert experiment_report.paired_difference(consistent[:1], reference)['verdict'] == 'one seed'
   assert experiment_report.paired_difference([_result(9, 3.0)], reference) is None
   assert experiment_report.format_mean_std([1.0, 3.0], 2) == '2.00 ± 1.41'
+
+
+def test_seconds_budget_times_each_bucket_once():
+  config = tiny_config('fixed')
+  cost = budgets.bucket_cost('seconds', config)
+  first = cost(16)
+  assert first > 0 and cost(16) == first  # measured once, then cached
+  assert budgets.run_cost(config, cost) == pytest.approx(config.train.steps * first)
