@@ -4,9 +4,11 @@ and ECP, plus the attention kernels and cached vs uncached sampling; a table of 
   python benchmarks/step_time.py                      # the :cpu preset model (window 256)
   python benchmarks/step_time.py --preset=gpu --batch=32 --dtype=bfloat16
   python benchmarks/step_time.py --sampling_only      # cached vs uncached sampling only
+  python benchmarks/step_time.py --sampling_only --sampling_models=ecp   # ECP's only
 
-Sampling: N = latents.max, --sample_length bytes (512) after a --sample_prompt-byte prompt
-(256), batch 1; the median of --repeats calls per path after a warm-up call that compiles.
+Sampling (Perceiver AR and ECP, `--sampling_models`): N = latents.max, --sample_length bytes
+(512) after a --sample_prompt-byte prompt (256), batch 1; the median of --repeats calls per
+path after a warm-up call that compiles.
 
 All figures come from one run on one machine; on a shared CPU read the ratios, not the times.
 """
@@ -29,6 +31,9 @@ flags.DEFINE_string('dtype', 'float32', 'Compute dtype (float32 or bfloat16).')
 flags.DEFINE_integer('sample_length', 512, 'Bytes generated per sampling call.')
 flags.DEFINE_integer('sample_prompt', 256, 'Prompt bytes before them.')
 flags.DEFINE_bool('sampling_only', False, 'Skip the train-step tables; time sampling only.')
+flags.DEFINE_list(
+  'sampling_models', ['perceiver_ar', 'ecp'], 'Models of the sampling tables: perceiver_ar, ecp.'
+)
 FLAGS = flags.FLAGS
 
 
@@ -91,15 +96,16 @@ def train_step_tables(perceiver, transformer, ecp) -> None:
     print(f'| {impl} | {1e3 * seconds:.1f} | {seconds / einsum_seconds:.2f} |')
 
 
-def sampling_table(perceiver) -> None:
-  """Cached against uncached sampling of Perceiver AR, for three filter settings."""
+def sampling_table(config, name: str) -> None:
+  """Cached against uncached sampling of one model (`name` labels it), for three filter
+  settings."""
   length, prompt_len = FLAGS.sample_length, FLAGS.sample_prompt
   print(
-    f'\n| sampling, Perceiver AR (N = {perceiver.latents.max}; {length} bytes after a '
-    f'{prompt_len}-byte prompt) | uncached bytes / s | cached bytes / s | cached vs uncached |'
+    f'\n| sampling, {name} ({length} bytes after a {prompt_len}-byte prompt) | '
+    'uncached bytes / s | cached bytes / s | cached vs uncached |'
   )
   print('|---|---:|---:|---:|')
-  s = perceiver.sample
+  s = config.sample
   settings = (
     (f'temperature {s.temperature}, top-p {s.top_p} (config.sample)', s.temperature, s.top_p),
     ('temperature 1 (no filter)', 1.0, 1.0),
@@ -107,7 +113,7 @@ def sampling_table(perceiver) -> None:
   )
   for label, temperature, top_p in settings:
     uncached, cached = time_sampling(
-      perceiver, length, prompt_len, temperature=temperature, top_k=0, top_p=top_p
+      config, length, prompt_len, temperature=temperature, top_k=0, top_p=top_p
     )
     print(
       f'| {label} | {length / uncached:.1f} | {length / cached:.1f} | {uncached / cached:.1f}x |'
@@ -130,7 +136,10 @@ def main(argv):
   )
   if not FLAGS.sampling_only:
     train_step_tables(perceiver, transformer, ecp)
-  sampling_table(perceiver)
+  if 'perceiver_ar' in FLAGS.sampling_models:
+    sampling_table(perceiver, f'Perceiver AR (N = {perceiver.latents.max})')
+  if 'ecp' in FLAGS.sampling_models:
+    sampling_table(ecp, f'ECP (segments of {ecp.model.ecp_segment_length})')
 
 
 if __name__ == '__main__':

@@ -15,8 +15,8 @@ n0, n0+1, ..., N, n0, n0+1, ... BOTH paths follow this schedule (the uncached pa
 window at that step's count), so their logits agree wherever the cache is exact.
 
 Paths:
-  * uncached (`cached=False`): rerun the model on the window every byte. Works for both
-    models and both position encodings.
+  * uncached (`cached=False`): rerun the model on the window every byte. Works for every
+    model and both position encodings (ECP: on its segment-aligned window, below).
   * cached, Perceiver AR (`decoding_cache.PerceiverCache`): keys/values of the
     cross-attend (every window position) and of every latent layer (the latents since the
     last reset). A new byte adds one cross-attend key and sends one query, the new latent,
@@ -397,7 +397,8 @@ def sample(
   Args:
     model: a `models.PerceiverAR`, `models.Transformer` or `models.ECP`.
     variables: the model's variables ({'params': ...}).
-    prompt_BxP: int array [batch, P >= 1]; rows share P. Only its last M bytes are seen.
+    prompt_BxP: int array [batch, P >= 1]; rows share P. Only its last M bytes are seen
+      (ECP: those in its segment-aligned window, `decoding_cache.ecp_origin`).
     length: bytes to generate (>= 1).
     num_latents: N, the most latents a step uses (1..M); steps follow `latent_counts`.
       The Transformer ignores it (every position is a query) but it is still checked.
