@@ -294,11 +294,13 @@ def run_experiment(
   eval_max_bytes: int = 0,
   command: str = '',
   report_only: bool = False,
+  report_dir: str = '',
 ) -> str:
   """Trains every strategy once per seed at each budget and writes the report into `out`.
 
   Runs go budget by budget, then seed by seed, so an interrupted study has whole seeds first.
-  `report_only` trains nothing: the report covers the runs already finished.
+  `report_only` trains nothing: the report covers the runs already finished. The report goes
+  to `report_dir` (default `out`), so several reports can share one set of runs.
   """
   budget = (budget,) if isinstance(budget, str) else tuple(budget)
   strategies, seeds = tuple(strategies), tuple(int(s) for s in seeds)
@@ -335,8 +337,9 @@ def run_experiment(
   if not results:
     raise errors.UserError(f'No finished run in {out} to report; run without --report_only.')
   memory = _memory_by_bucket(preset, strategies, shared)
+  os.makedirs(report_dir or out, exist_ok=True)
   markdown = experiment_report.write_report(
-    results, memory, out, preset=preset, command=command, reference=REFERENCE
+    results, memory, report_dir or out, preset=preset, command=command, reference=REFERENCE
   )
   print(markdown)
   return markdown
@@ -414,6 +417,7 @@ def _run_from_flags() -> None:
     heldout_path=FLAGS.heldout_path,
     eval_max_bytes=FLAGS.eval_max_bytes,
     report_only=FLAGS.report_only,
+    report_dir=FLAGS.report_dir,
     command='python -m perceiver_ar_vl.experiments '
     + ' '.join(f'--{k}={v}' for k, v in named if v),
   )
@@ -435,5 +439,6 @@ if __name__ == '__main__':
   flags.DEFINE_string('heldout_path', '', 'config.data.heldout_path (text_file validation/test).')
   flags.DEFINE_integer('eval_max_bytes', 0, 'Bytes scored per split (0 = the preset default).')
   flags.DEFINE_bool('report_only', False, 'Train nothing; report the runs already finished.')
+  flags.DEFINE_string('report_dir', '', 'Where results.md and the plots go (default: --out).')
   flags.mark_flag_as_required('out')
   errors.run(main)
