@@ -1,22 +1,38 @@
 """Test setup: CPU only, two simulated devices, float32 matmuls at full precision."""
 
+import atexit
 import concurrent.futures
 import os
+import shutil
 import subprocess
+import tempfile
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 flags = os.environ.get('XLA_FLAGS', '')
 if 'xla_force_host_platform_device_count' not in flags:
   os.environ['XLA_FLAGS'] = (flags + ' --xla_force_host_platform_device_count=2').strip()
 
+# A test session compiles the same tiny programs many times, in this process and in every
+# launch.py (or `python -c`) subprocess it starts: one persistent compilation cache, fresh
+# for each session (nothing carries over from an earlier session or another checkout) and
+# removed at its end. Set in the environment before jax is imported, so this process and
+# every subprocess (which inherit os.environ) read it; JAX only writes it from process 0.
+CACHE_DIR = tempfile.mkdtemp(prefix='perceiver_ar_vl_jax_cache_')
+atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
+CACHE_ENV = {
+  'JAX_COMPILATION_CACHE_DIR': CACHE_DIR,
+  'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+  'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+}
+os.environ.update(CACHE_ENV)
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
-# Runs in one test session compile the same tiny programs many times: cache the executables.
-_CACHE_DIR = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'perceiver_ar_vl_test_jax_cache')
-jax.config.update('jax_compilation_cache_dir', _CACHE_DIR)
+# In case jax was imported before this file (the environment is read at import).
+jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 

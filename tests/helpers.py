@@ -81,9 +81,23 @@ def launch_command(*args: str, module: str = '') -> list[str]:
   return [sys.executable, *entry, *args]
 
 
+def compilation_cache_env() -> dict[str, str]:
+  """The JAX_* variables that point a subprocess at this session's persistent compilation
+  cache (conftest.py), so it loads the programs an earlier process compiled."""
+  cache = jax.config.jax_compilation_cache_dir
+  if not cache:
+    return {}
+  return {
+    'JAX_COMPILATION_CACHE_DIR': cache,
+    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+    'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+  }
+
+
 def launch_env() -> dict[str, str]:
-  """The test environment for a subprocess: CPU only, conftest's two simulated devices."""
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  """The test environment for a subprocess: CPU only, conftest's two simulated devices, the
+  session's compilation cache."""
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu', **compilation_cache_env()}
 
 
 def embedding_influence(apply_fn, length: int, d_model: int) -> np.ndarray:

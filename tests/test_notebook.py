@@ -6,6 +6,7 @@ import os
 import re
 
 import pytest
+from helpers import compilation_cache_env
 
 from perceiver_ar_vl import metrics
 
@@ -36,10 +37,8 @@ def kernel_env(tmp_path, monkeypatch):
   monkeypatch.setenv('QUICKSTART_WORKDIR', str(workdir))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   # Reuse the test session's compilation cache (conftest.py), read by JAX from the environment.
-  cache_dir = os.path.join(os.environ.get('TMPDIR', '/tmp'), 'perceiver_ar_vl_test_jax_cache')
-  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', cache_dir)
-  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
-  monkeypatch.setenv('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+  for name, value in compilation_cache_env().items():
+    monkeypatch.setenv(name, value)
   # A 'python3' kernelspec that runs sys.executable, ahead of any other on the Jupyter path.
   prefix = tmp_path / 'jupyter'
   kernelspec.install(kernel_name='python3', prefix=str(prefix))

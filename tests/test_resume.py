@@ -14,7 +14,6 @@ import signal
 import subprocess
 import time
 
-import jax
 import pytest
 from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env, tiny_config
 
@@ -28,18 +27,8 @@ KILL_ARGS = (
   f'--config.train.checkpoint_every={EVERY}',
   '--config.train.keep_checkpoints=2',
 )
-TIMEOUT_S = 120  # one launch.py run; a few seconds once its programs are in the cache
-
-
-def _env() -> dict[str, str]:
-  """launch_env plus conftest's persistent compilation cache: reruns load, not compile."""
-  cache = jax.config.jax_compilation_cache_dir
-  return {
-    **launch_env(),
-    'JAX_COMPILATION_CACHE_DIR': cache,
-    'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-    'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
-  }
+TIMEOUT_S = 120  # one launch.py run; a few seconds once its programs are in the session's
+# compilation cache (conftest.py, passed on by launch_env)
 
 
 def _start(workdir, log_path) -> subprocess.Popen:
@@ -48,7 +37,12 @@ def _start(workdir, log_path) -> subprocess.Popen:
   )
   with open(log_path, 'w') as log:
     return subprocess.Popen(
-      command, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, stdin=subprocess.DEVNULL
+      command,
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      env=launch_env(),
+      cwd=REPO,
+      stdin=subprocess.DEVNULL,
     )
 
 

@@ -7,19 +7,16 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_config
+from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env, tiny_config
 
 from perceiver_ar_vl import checkpoints, config_lib, latents, metrics, parallel, train
 from perceiver_ar_vl import state as state_lib
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def losses_by_step(workdir):
@@ -154,27 +151,23 @@ def test_transformer_baseline_trains(tmp_path):
   assert summary['buckets_used'] == [32] and np.isfinite(summary['validation_bits'])
 
 
-def test_launch_smoke_trains_then_resumes_at_once(tmp_path):
-  cmd = [
-    sys.executable,
-    os.path.join(REPO, 'launch.py'),
-    f'--config={os.path.join(REPO, "configs", "curriculum.py")}:smoke',
+def test_launch_smoke_trains_then_resumes_at_once(tmp_path, trained_launch_run):
+  # The shared run's command (conftest.trained_launch_run) in a fresh workdir: its programs
+  # load from the session's compilation cache instead of compiling again.
+  trained_launch_run.result()
+  cmd = launch_command(
+    f'--config={REPO}/configs/curriculum.py:smoke',
     f'--workdir={tmp_path}',
-    '--config.train.steps=12',
-    '--config.train.log_every=6',
-    '--config.model.max_context=32',
-    '--config.latents.buckets=(4,8,16,32)',
-    '--config.latents.min=4',
-    '--config.latents.max=8',
-    '--config.eval.max_bytes=128',
-    '--config.eval.latents_sweep=(8,)',
-  ]
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    '--config.train.steps=2',
+    *TINY_LAUNCH_ARGS,
+  )
+  run = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), timeout=300)
   assert run.returncode == 0, run.stderr[-3000:]
-  assert 'step 12/12' in run.stderr and 'Compiling train_step for bucket 4' in run.stderr
-  again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-  assert again.returncode == 0 and 'already finished at step 12' in again.stderr
+  assert 'step 2/2' in run.stderr and 'Compiling train_step for bucket 16' in run.stderr
+  assert (tmp_path / 'checkpoints' / '2').is_dir()
+  again = subprocess.run(cmd, capture_output=True, text=True, env=launch_env(), timeout=300)
+  assert again.returncode == 0 and 'already finished at step 2' in again.stderr
+  assert 'Compiling' not in again.stderr
   # Bad flags and config values through launch.py: tests/test_launch.py.
 
 
