@@ -78,7 +78,8 @@ print('RESULT ' + json.dumps(out))
 
 def test_fsdp_equals_replicated_shards_params_and_resumes_on_fewer_devices(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={DEVICES}'
+  others = [f for f in env.get('XLA_FLAGS', '').split() if 'device_count' not in f]
+  env['XLA_FLAGS'] = ' '.join([*others, f'--xla_force_host_platform_device_count={DEVICES}'])
   env.pop('JAX_NUM_CPU_DEVICES', None)
   run = subprocess.run(
     [sys.executable, '-c', _CHILD, str(tmp_path), REPO],
