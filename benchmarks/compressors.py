@@ -5,7 +5,8 @@ The conditional cost of test text given training text, in bits per test byte:
 for bzip2 -9 (Python's bz2, compresslevel 9) and xz -9e (Python's lzma, FORMAT_XZ, preset
 9 | PRESET_EXTREME): the compressor sees the training text first, as the model did. `--test`
 is split as `config.data.heldout_path` is (first half validation, second half test) unless
-`--whole_test`, so the figure covers the same bytes as the model's test bits.
+`--whole_test`, and `--max_test_bytes` keeps its first bytes as `eval.max_bytes` does, so the
+figure covers the same bytes as the model's test bits.
 
   python benchmarks/compressors.py --train=A.txt,B.txt,C.txt --test=D.txt
   python benchmarks/compressors.py --python_corpus=numpy --out=/tmp/numpy_src.txt
@@ -59,6 +60,12 @@ def main() -> None:
   parser.add_argument('--train', default='', help='comma-separated training files')
   parser.add_argument('--test', default='', help='held-out file (its second half is scored)')
   parser.add_argument('--whole_test', action='store_true', help='score all of --test')
+  parser.add_argument(
+    '--max_test_bytes',
+    type=int,
+    default=0,
+    help='score only the first N test bytes (eval.max_bytes)',
+  )
   parser.add_argument('--python_corpus', default='', help='write this package as one text')
   parser.add_argument('--out', default='', help='where --python_corpus writes')
   args = parser.parse_args()
@@ -72,6 +79,7 @@ def main() -> None:
   with open(args.test, 'rb') as f:
     test = f.read()
   test = test if args.whole_test else test_half(test)
+  test = test[: args.max_test_bytes] if args.max_test_bytes else test
   print(f'train {len(train):,} bytes, test {len(test):,} bytes')
   print('| compressor | bits per test byte (given the training text) |')
   print('|---|---:|')
