@@ -199,3 +199,21 @@ def test_seconds_budget_times_each_bucket_once():
   first = cost(16)
   assert first > 0 and cost(16) == first  # measured once, then cached
   assert budgets.run_cost(config, cost) == pytest.approx(config.train.steps * first)
+
+
+def test_compressor_baseline_charges_what_the_training_text_does_not_predict():
+  import importlib.util
+
+  from helpers import REPO
+
+  spec = importlib.util.spec_from_file_location('compressors', f'{REPO}/benchmarks/compressors.py')
+  compressors = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(compressors)
+  rng = np.random.default_rng(0)
+  train = rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes()
+  repeated = compressors.conditional_bits_per_byte(train, train[:5_000])
+  fresh = compressors.conditional_bits_per_byte(train, rng.bytes(5_000))
+  for name in ('bzip2 -9', 'xz -9e'):
+    assert repeated[name] < 1.5  # a match far back in the training text is nearly free
+    assert fresh[name] > 7.5  # random bytes cost their 8 bits (and a little framing)
+  assert compressors.test_half(b'abcdef') == b'def'
