@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, experiments, parallel, stepping
+from perceiver_ar_vl import config_lib, parallel, step_memory, stepping
 from perceiver_ar_vl import state as state_lib
 
 
@@ -65,7 +65,7 @@ def time_train_step(
     start = time.perf_counter()
     step()
     times.append(time.perf_counter() - start)
-  total = experiments.compiled_bytes(stats)
+  total = step_memory.compiled_bytes(stats)
   return StepStats(statistics.median(times), int(stats.temp_size_in_bytes), total)
 
 

@@ -27,7 +27,7 @@ import common
 import jax
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, experiments, flops
+from perceiver_ar_vl import config_lib, flops, step_memory
 
 flags.DEFINE_bool('small', False, 'A tiny model at short windows (runs on the CPU).')
 flags.DEFINE_integer('repeats', 0, 'Timed steps per row after a warm-up (0: 5, 2 with --small).')
@@ -99,7 +99,7 @@ def measure(model_type, context, latents, dtype, impl, remat, peak) -> dict:
     return {**row, 'error': f'{type(error).__name__}: {str(error).splitlines()[0][:120]}'}
   seconds = statistics.median(times)
   step_flops = flops.train_step_flops(config, latents)
-  memory = experiments.compiled_bytes(stats)
+  memory = step_memory.compiled_bytes(stats)
   return {
     **row,
     'seconds': seconds,

@@ -26,8 +26,6 @@ import json
 import os
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags, logging
@@ -39,11 +37,10 @@ from perceiver_ar_vl import (
   evaluate,
   experiment_report,
   metrics,
-  parallel,
-  stepping,
+  step_memory,
   train,
 )
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl.step_memory import compiled_bytes, train_step_memory  # noqa: F401
 
 STRATEGIES = tuple(config_lib.STRATEGY_SPECS)
 # Training knobs a run name may add after '+', and the settings they apply.
@@ -146,49 +143,6 @@ def target_tokens_seen(config: ml_collections.ConfigDict) -> int:
   return int(config.train.batch_size * np.sum(counts))
 
 
-def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
-  """Bytes of the compiled train step at `bucket`: arguments + outputs + temporaries (XLA's
-  compiled memory analysis, without donation)."""
-  model = config_lib.create_model(config)
-  mesh = parallel.make_mesh()
-  abstract_state = state_lib.abstract_train_state(config, model, mesh)
-  _, schedule = state_lib.make_optimizer(config.train)
-  batch = jax.ShapeDtypeStruct((config.train.batch_size, config.model.max_context + 1), jnp.int32)
-
-  step = stepping.bucket_step(config, model, bucket, schedule)
-  rng = jax.random.PRNGKey(0)
-
-  compiled = jax.jit(step).lower(abstract_state, batch, jnp.int32(bucket), rng).compile()
-  stats = compiled.memory_analysis()
-  return compiled_bytes(stats)
-
-
-_MEMORY: dict[tuple[str, int], int] = {}
-
-
-def cached_train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
-  """train_step_memory, computed once per (model, train settings, bucket) in this process."""
-  t = config.train
-  key = (
-    config.model.to_json() + repr((t.batch_size, t.grad_accum_steps, t.random_truncation)),
-    bucket,
-  )
-  if key not in _MEMORY:
-    _MEMORY[key] = train_step_memory(config, bucket)
-  return _MEMORY[key]
-
-
-def compiled_bytes(stats) -> int:
-  """Arguments + outputs + temporaries - aliased (donated) buffers of an XLA compiled memory
-  analysis: the memory figure every report and benchmark of this project uses."""
-  return int(
-    stats.argument_size_in_bytes
-    + stats.output_size_in_bytes
-    + stats.temp_size_in_bytes
-    - stats.alias_size_in_bytes
-  )
-
-
 def finished_result(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """The cached `run.json` of a finished run of `config` in `workdir`, or None."""
   try:
@@ -217,7 +171,7 @@ def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     raise SystemExit(0)
   report = evaluate.evaluate(config, workdir)
   schedule = budgets.bucket_schedule(config)
-  memory = {b: cached_train_step_memory(config, b) for b in sorted(set(schedule))}
+  memory = {b: step_memory.cached_train_step_memory(config, b) for b in sorted(set(schedule))}
   records = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   result = {
     'version': RESULT_VERSION,
@@ -359,7 +313,7 @@ def _memory_by_bucket(preset: str, strategies, shared: dict) -> dict[str, list[t
       if kind in config_lib.FULL_WINDOW_TYPES
       else config.latents.buckets
     )
-    memory[kind] = [(b, cached_train_step_memory(config, b)) for b in buckets]
+    memory[kind] = [(b, step_memory.cached_train_step_memory(config, b)) for b in buckets]
   return memory
 
 
