@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import time
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, parallel, step_memory, stepping
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import step_memory
 
 
 @dataclasses.dataclass
@@ -24,33 +20,7 @@ class StepStats:
   total_bytes: int  # arguments + outputs + temporaries - aliased (donated) buffers
 
 
-def compiled_train_step(
-  config: ml_collections.ConfigDict, bucket: int, impl: str | None = None
-) -> tuple[Callable[[], None], Any]:
-  """The train step of `config`'s model at `bucket` (batch `config.train.batch_size`, donated
-  state, as training runs it), compiled; returns (step, XLA memory analysis) where `step()`
-  runs one step on a fixed random batch and waits for it."""
-  config = config.copy_and_resolve_references()
-  if impl is not None:
-    config.model.attention_impl = impl
-  model = config_lib.create_model(config)
-  state = state_lib.create_train_state(config, model, parallel.make_mesh())
-  _, schedule = state_lib.make_optimizer(config.train)
-
-  step_fn = stepping.bucket_step(config, model, bucket, schedule)
-  rng = jax.random.PRNGKey(0)
-
-  shape = (config.train.batch_size, config.model.max_context + 1)
-  window = jnp.asarray(np.random.default_rng(0).integers(0, 256, shape), jnp.int32)
-  n = jnp.int32(bucket)
-  compiled = jax.jit(step_fn, donate_argnums=0).lower(state, window, n, rng).compile()
-  holder = [state]
-
-  def step() -> None:
-    holder[0], metrics = compiled(holder[0], window, n, rng)
-    jax.block_until_ready(metrics)
-
-  return step, compiled.memory_analysis()
+compiled_train_step = step_memory.compiled_train_step
 
 
 def time_train_step(
@@ -59,14 +29,9 @@ def time_train_step(
   """Median seconds of `compiled_train_step` over `repeats` steps after one warm-up step, and
   its compiled memory."""
   step, stats = compiled_train_step(config, bucket, impl)
-  step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
+  seconds = step_memory.median_step_seconds(step, repeats)
   total = step_memory.compiled_bytes(stats)
-  return StepStats(statistics.median(times), int(stats.temp_size_in_bytes), total)
+  return StepStats(seconds, int(stats.temp_size_in_bytes), total)
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:

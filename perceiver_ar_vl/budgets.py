@@ -14,15 +14,11 @@ T steps is recomputed with T as the run length, never extrapolated.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
-from perceiver_ar_vl import config_lib, errors, flops, latents, parallel, stepping, train
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import errors, flops, latents, step_memory, train
 
 BUDGETS = ('steps', 'flops', 'seconds')
 
@@ -92,23 +88,8 @@ def seconds_cost(config: ml_collections.ConfigDict, repeats: int = 5) -> BucketC
 def measure_step_seconds(config: ml_collections.ConfigDict, bucket: int, repeats: int = 5) -> float:
   """Median wall-clock of `repeats` train steps of `config` at `bucket` on this machine
   (a random batch; the compile and one warm-up step are not timed)."""
-  model = config_lib.create_model(config)
-  mesh = parallel.make_mesh()
-  state = state_lib.create_train_state(config, model, mesh)
-  _, schedule = state_lib.make_optimizer(config.train)
-  step = jax.jit(stepping.bucket_step(config, model, bucket, schedule), donate_argnums=0)
-  rows = (config.train.batch_size, config.model.max_context + 1)
-  batch = jax.random.randint(jax.random.PRNGKey(0), rows, 0, 256, jnp.int32)
-  n, rng = jnp.int32(bucket), jax.random.PRNGKey(1)
-  state, out = step(state, batch, n, rng)
-  jax.block_until_ready(out)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state, out = step(state, batch, n, rng)
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - start)
-  return sorted(times)[len(times) // 2]
+  step, _ = step_memory.compiled_train_step(config, bucket)
+  return step_memory.median_step_seconds(step, repeats)
 
 
 def bucket_cost(budget: str, config: ml_collections.ConfigDict) -> BucketCost:
