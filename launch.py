@@ -38,9 +38,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   # Imported here: flags are parsed first.
-  from perceiver_ar_vl import config_lib, metrics, parallel
+  from perceiver_ar_vl import config_lib
 
-  config = config_lib.validate(FLAGS.config)  # bad settings stop here, before any JAX work
+  config = config_lib.validate(FLAGS.config)  # bad settings stop here, before JAX is imported
+  from perceiver_ar_vl import metrics, parallel
+
   metrics.quiet_orbax_logs()
 
   if FLAGS.distributed or FLAGS.coordinator_address:

@@ -24,7 +24,14 @@ setup(
   ],
   extras_require={
     'cuda12': ['jax[cuda12]>=0.6.0'],
-    'test': ['pytest>=8.0', 'ruff>=0.6', 'nbclient>=0.10', 'nbformat>=5.10', 'ipykernel>=6.29'],
+    'test': [
+      'pytest>=8.0',
+      'pytest-xdist>=3.5',
+      'ruff>=0.6',
+      'nbclient>=0.10',
+      'nbformat>=5.10',
+      'ipykernel>=6.29',
+    ],
     'wandb': ['wandb>=0.17'],
   },
 )

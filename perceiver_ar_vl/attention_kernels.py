@@ -24,6 +24,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from perceiver_ar_vl.choices import ATTENTION_IMPLS  # noqa: F401 (re-exported)
 from perceiver_ar_vl.chunked_attention import (  # noqa: F401 (re-exported)
   chunked_attention,
   projected_chunked_attention,
@@ -31,7 +32,6 @@ from perceiver_ar_vl.chunked_attention import (  # noqa: F401 (re-exported)
 from perceiver_ar_vl.masks import AttentionMask, causal_mask  # noqa: F401 (re-exported)
 
 AttentionImpl = Literal['auto', 'einsum', 'xla', 'cudnn', 'chunked']
-ATTENTION_IMPLS = ('auto', 'einsum', 'xla', 'cudnn', 'chunked')
 
 # 'auto' uses a dense kernel while the score tensor [B, H, S, T] of one layer has at most this
 # many elements (2^22: 16 MiB in float32), the chunked kernel above it. On the CPU the chunked

@@ -14,11 +14,15 @@ window / 1024, so `fixed_512` always means "half the window" and the comparison 
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+from typing import TYPE_CHECKING
+
 import ml_collections
 
-from perceiver_ar_vl import data, errors, latents, models
-from perceiver_ar_vl.attention import ATTENTION_IMPLS
+from perceiver_ar_vl import data, errors, latents
+from perceiver_ar_vl.choices import ATTENTION_IMPLS, POSITION_ENCODINGS, REMAT_NAMES
+
+if TYPE_CHECKING:  # imported where a model is built: validating a config needs no JAX
+  from perceiver_ar_vl import models
 
 MODEL_TYPES = ('perceiver_ar', 'transformer', 'ecp')
 # Model types that score every window position (latents.max must equal the window).
@@ -232,6 +236,10 @@ def create_model(
   config: ml_collections.ConfigDict,
 ) -> models.PerceiverAR | models.Transformer | models.ECP:
   """The linen module that `config.model` describes."""
+  import jax.numpy as jnp
+
+  from perceiver_ar_vl import models
+
   m = config.model
   kwargs = dict(
     vocab_size=m.vocab_size,
@@ -312,7 +320,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(m.type, MODEL_TYPES, 'model.type')
   _choice(m.dtype, DTYPES, 'model.dtype')
   _choice(m.attention_impl, ATTENTION_IMPLS, 'model.attention_impl')
-  _choice(m.remat, tuple(models.REMAT_POLICIES), 'model.remat')
+  _choice(m.remat, REMAT_NAMES, 'model.remat')
   if m.type == 'ecp' and m.remat != 'none':
     raise errors.UserError("model.remat is not supported for ECP yet; set model.remat='none'.")
   if m.attention_impl == 'cudnn' and m.dtype == 'float32':
@@ -320,7 +328,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       "model.attention_impl='cudnn' needs bf16 inputs (cuDNN flash attention has no float32 "
       "kernel): set --config.model.dtype=bfloat16, or use attention_impl='auto'."
     )
-  _choice(m.position_encoding, models.POSITION_ENCODINGS, 'model.position_encoding')
+  _choice(m.position_encoding, POSITION_ENCODINGS, 'model.position_encoding')
   _choice(config.data.name, data.NAMES, 'data.name')
   _choice(t.lr_schedule, LR_SCHEDULES, 'train.lr_schedule')
   _choice(e.mode, ('blocks', 'stride1'), 'eval.mode')

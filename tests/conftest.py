@@ -16,6 +16,10 @@ if 'xla_force_host_platform_device_count' not in flags:
 # equal). Every subprocess inherits this; set the flag yourself to test another level.
 if 'xla_backend_optimization_level' not in flags:
   flags += ' --xla_backend_optimization_level=0'
+# XLA:CPU's older elemental fusion emitters compile these programs in ~0.55x the time of the
+# MLIR fusion emitters (measured: 0.92 s -> 0.54 s for a 3-layer train step), same results.
+if 'xla_cpu_use_fusion_emitters' not in flags:
+  flags += ' --xla_cpu_use_fusion_emitters=false'
 os.environ['XLA_FLAGS'] = flags.strip()
 
 # A test session compiles the same tiny programs many times, in this process and in every
@@ -23,8 +27,13 @@ os.environ['XLA_FLAGS'] = flags.strip()
 # for each session (nothing carries over from an earlier session or another checkout) and
 # removed at its end. Set in the environment before jax is imported, so this process and
 # every subprocess (which inherit os.environ) read it; JAX only writes it from process 0.
-CACHE_DIR = tempfile.mkdtemp(prefix='perceiver_ar_vl_jax_cache_')
-atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
+# Under pytest-xdist the workers inherit the controller's environment, so they share its cache
+# (which the controller removes at the end).
+if os.environ.get('PYTEST_XDIST_WORKER') and os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  CACHE_DIR = os.environ['JAX_COMPILATION_CACHE_DIR']
+else:
+  CACHE_DIR = tempfile.mkdtemp(prefix='perceiver_ar_vl_jax_cache_')
+  atexit.register(shutil.rmtree, CACHE_DIR, ignore_errors=True)
 CACHE_ENV = {
   'JAX_COMPILATION_CACHE_DIR': CACHE_DIR,
   'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 
 from perceiver_ar_vl.attention import ATTENTION_IMPLS, AttentionImpl
 from perceiver_ar_vl.blocks import ACTIVATIONS, AttentionBlock
+from perceiver_ar_vl.choices import POSITION_ENCODINGS, REMAT_NAMES
 
-POSITION_ENCODINGS = ('rotary', 'absolute')
 # Rematerialisation of each block's attention + MLP in the backward pass (`model.remat`):
 # 'none' keeps every activation; 'block' keeps only the block's inputs and recomputes the rest
 # (least memory, ~1/3 more compute); 'dots' keeps the outputs of matmuls with weights and
@@ -19,6 +19,7 @@ REMAT_POLICIES = {
   'block': jax.checkpoint_policies.nothing_saveable,
   'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+assert tuple(REMAT_POLICIES) == REMAT_NAMES
 
 
 class Backbone(nn.Module):
