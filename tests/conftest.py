@@ -80,3 +80,13 @@ def trained_launch_run(tmp_path_factory):
 
   with concurrent.futures.ThreadPoolExecutor(1) as pool:
     yield pool.submit(train)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+  """pytest-xdist (`--dist loadgroup`): each test file runs on one worker, so its module
+  fixtures and compiled programs are made once; the tests that use the shared trained
+  launch.py run join one group, so it trains once."""
+  for item in items:
+    group = 'trained_launch_run' if 'trained_launch_run' in item.fixturenames else item.module
+    item.add_marker(pytest.mark.xdist_group(getattr(group, '__name__', group)))
