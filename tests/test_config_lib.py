@@ -2,10 +2,12 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
-from perceiver_ar_vl import config_lib, models
+from perceiver_ar_vl import choices, config_lib, models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = ('fixed_256', 'fixed_512', 'uniform', 'curriculum', 'transformer')
@@ -84,3 +86,20 @@ def test_unknown_keys_are_rejected_by_the_locked_config():
   config.lock()
   with pytest.raises(AttributeError, match='num_layer'):
     config.model.num_layer = 3
+
+
+def test_validating_a_config_imports_no_jax():
+  """launch.py rejects a bad setting before importing JAX (a fraction of a second): building
+  and validating a config file's config must not import jax, and the names it checks equal
+  the ones the models implement."""
+  code = (
+    'import sys\n'
+    'from perceiver_ar_vl import config_lib\n'
+    "config_lib.validate(config_lib.strategy_config('curriculum', 'cpu'))\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax')))\n"
+  )
+  run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert run.stdout.strip() == '[]'
+  assert tuple(models.REMAT_POLICIES) == choices.REMAT_NAMES
+  assert models.POSITION_ENCODINGS == choices.POSITION_ENCODINGS
