@@ -66,7 +66,8 @@ def compiled_train_step(
 ) -> tuple[Callable[[], None], Any]:
   """The train step of `config`'s model at `bucket` (batch `config.train.batch_size`, donated
   state, as training runs it), compiled; returns (step, XLA memory analysis) where `step()`
-  runs one step on a fixed random batch and waits for it. `impl` overrides
+  runs one step on a fixed random batch and waits for it, and `step.compiled` is the XLA
+  executable (its HLO text: `step.compiled.as_text()`). `impl` overrides
   model.attention_impl."""
   config = config.copy_and_resolve_references()
   if impl is not None:
@@ -88,6 +89,7 @@ def compiled_train_step(
     holder[0], metrics = compiled(holder[0], window, n, rng)
     jax.block_until_ready(metrics)
 
+  step.compiled = compiled
   return step, compiled.memory_analysis()
 
 
