@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import step_memory
+from perceiver_ar_vl import config_lib, step_memory
 
 
 @dataclasses.dataclass
@@ -20,15 +20,22 @@ class StepStats:
   total_bytes: int  # arguments + outputs + temporaries - aliased (donated) buffers
 
 
-compiled_train_step = step_memory.compiled_train_step
+def seed_model_config(context: int, batch: int) -> ml_collections.ConfigDict:
+  """The seed-size model (6 layers, d_model 512, 8 heads, MLP 2048) with a `context`-byte
+  window, `batch` windows per step, float32 and no dropout: the shapes of the comparison
+  with lucidrains' perceiver-ar-pytorch (`vs_lucidrains.py`, `profile_step.py`)."""
+  config = config_lib.strategy_config('fixed_512', 'gpu')
+  config.model.update(max_context=context, dropout_rate=0.0, dtype='float32')
+  config.train.batch_size = batch
+  return config
 
 
 def time_train_step(
   config: ml_collections.ConfigDict, bucket: int, repeats: int = 3, impl: str | None = None
 ) -> StepStats:
-  """Median seconds of `compiled_train_step` over `repeats` steps after one warm-up step, and
-  its compiled memory."""
-  step, stats = compiled_train_step(config, bucket, impl)
+  """Median seconds of `step_memory.compiled_train_step` over `repeats` steps after one warm-up
+  step, and its compiled memory."""
+  step, stats = step_memory.compiled_train_step(config, bucket, impl)
   seconds = step_memory.median_step_seconds(step, repeats)
   total = step_memory.compiled_bytes(stats)
   return StepStats(seconds, int(stats.temp_size_in_bytes), total)

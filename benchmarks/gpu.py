@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import statistics
-import time
 import traceback
 
 import common
@@ -87,17 +85,11 @@ def measure(model_type, context, latents, dtype, impl, remat, peak) -> dict:
     remat=remat,
   )
   try:
-    step, stats = common.compiled_train_step(config, latents)
-    step()
-    times = []
-    for _ in range(FLAGS.repeats or (2 if FLAGS.small else 5)):
-      start = time.perf_counter()
-      step()
-      times.append(time.perf_counter() - start)
+    step, stats = step_memory.compiled_train_step(config, latents)
+    seconds = step_memory.median_step_seconds(step, FLAGS.repeats or (2 if FLAGS.small else 5))
   except Exception as error:  # noqa: BLE001 (a row may fail: report it and go on)
     traceback.print_exc()
     return {**row, 'error': f'{type(error).__name__}: {str(error).splitlines()[0][:120]}'}
-  seconds = statistics.median(times)
   step_flops = flops.train_step_flops(config, latents)
   memory = step_memory.compiled_bytes(stats)
   return {

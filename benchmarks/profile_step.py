@@ -16,10 +16,11 @@ import glob
 import re
 import tempfile
 
+import common
 import jax
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, step_memory
+from perceiver_ar_vl import step_memory
 
 flags.DEFINE_integer('context', 1024, 'Window M.')
 flags.DEFINE_integer('latents', 256, 'Latents N (and the bucket).')
@@ -47,9 +48,7 @@ def thunk_times(step, op_names: dict[str, str]) -> dict[str, float]:
 
 def main(argv):
   del argv
-  config = config_lib.strategy_config('fixed_512', 'gpu')
-  config.model.update(max_context=FLAGS.context, dropout_rate=0.0, dtype='float32')
-  config.train.batch_size = FLAGS.batch
+  config = common.seed_model_config(FLAGS.context, FLAGS.batch)
   step, _ = step_memory.compiled_train_step(config, FLAGS.latents, FLAGS.impl)
   pattern = r'%([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"'
   op_names = {m[1]: m[2] for m in re.finditer(pattern, step.compiled.as_text())}

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, flops
+from perceiver_ar_vl import flops, step_memory
 
 flags.DEFINE_integer('context', 1024, 'Window M.')
 flags.DEFINE_integer('latents', 256, 'Latents N.')
@@ -38,14 +38,6 @@ PEER_MISSING = (
   'lucidrains perceiver-ar-pytorch is not installed: `pip install torch perceiver-ar-pytorch` '
   '(on this project machine: `pip install torch==2.13.0 perceiver-ar-pytorch==0.0.10`).'
 )
-
-
-def our_config():
-  c = config_lib.strategy_config('fixed_512', 'gpu')
-  c.model.max_context = FLAGS.context
-  c.model.update(dropout_rate=0.0, dtype='float32')
-  c.train.batch_size = FLAGS.batch
-  return c
 
 
 def peer_step_fn():
@@ -96,8 +88,8 @@ def main(argv):
     print(PEER_MISSING)
     return
   peer_step, torch_version = peer
-  config = our_config()
-  ours_step, _ = common.compiled_train_step(config, FLAGS.latents)
+  config = common.seed_model_config(FLAGS.context, FLAGS.batch)
+  ours_step, _ = step_memory.compiled_train_step(config, FLAGS.latents)
   ours_step()
   peer_step()
   ours, theirs = [], []

@@ -88,5 +88,7 @@ def pytest_collection_modifyitems(config, items):
   fixtures and compiled programs are made once; the tests that use the shared trained
   launch.py run join one group, so it trains once."""
   for item in items:
-    group = 'trained_launch_run' if 'trained_launch_run' in item.fixturenames else item.module
-    item.add_marker(pytest.mark.xdist_group(getattr(group, '__name__', group)))
+    shared = 'trained_launch_run' in item.fixturenames
+    item.add_marker(
+      pytest.mark.xdist_group('trained_launch_run' if shared else item.module.__name__)
+    )
