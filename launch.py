@@ -5,9 +5,10 @@
   python launch.py --config=configs/curriculum.py:smoke --workdir=/tmp/x --mode=sample
 Overrides: --config.train.steps=100 --config.data.path=FILE ...
 
-A user error (a bad flag, config value, path, data file or checkpoint) prints one line
-`error: <what is wrong and what to change>` on stderr and exits with status 2, before any
-JAX work where it can; a bug keeps its traceback.
+JAX's own flags work too (--jax_log_compiles, --jax_debug_nans, ...). A user error (a bad
+flag, config value, path, data file or checkpoint) prints one line `error: <what is wrong and
+what to change>` on stderr and exits with status 2, before JAX starts where it can; a bug
+keeps its traceback.
 """
 
 import sys
@@ -36,12 +37,20 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
+  del argv  # errors.run refuses positional arguments
+  if not (FLAGS.coordinator_address or FLAGS.distributed) and (
+    FLAGS.num_processes or FLAGS.process_id >= 0
+  ):
+    raise errors.UserError(
+      '--num_processes and --process_id need --coordinator_address=host:port of process 0 '
+      '(or --distributed, which detects it on SLURM, Open MPI and Cloud TPU).'
+    )
   # Imported here: flags are parsed first.
   from perceiver_ar_vl import config_lib
 
   config = config_lib.validate(FLAGS.config)  # bad settings stop here, before JAX is imported
-  from perceiver_ar_vl import metrics, parallel
+  from perceiver_ar_vl import parallel
+  from perceiver_ar_vl.training import metrics
 
   metrics.quiet_orbax_logs()
 
@@ -51,9 +60,9 @@ def main(argv):
     )
   logging.info('Config:\n%s', config)
   if FLAGS.mode == 'train':
-    from perceiver_ar_vl import train
+    from perceiver_ar_vl import training
 
-    train.train(config, FLAGS.workdir)
+    training.train(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
     from perceiver_ar_vl import evaluate
 
@@ -70,9 +79,9 @@ def sample(config, workdir: str) -> str:
   start-of-text token, so an empty prompt samples from a single NUL byte (the padding value),
   which is not printed.
   """
-  from perceiver_ar_vl import sampling, state
+  from perceiver_ar_vl import sampling, train_state
 
-  state.checkpoint_step(workdir, config.eval.checkpoint_step)  # no checkpoint: stop here
+  train_state.checkpoint_step(workdir, config.eval.checkpoint_step)  # no checkpoint: stop here
   prompt, window = config.sample.prompt, config.model.max_context
   encoded = prompt.encode('utf-8')
   if len(encoded) > window:

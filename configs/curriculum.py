@@ -1,5 +1,5 @@
-"""Perceiver AR, strategy 'curriculum': N grows linearly from 64 to 512 over the first half
-of training (`--config.latents.schedule=stepwise` climbs bucket by bucket).
+"""Perceiver AR, latent strategy 'curriculum': N grows linearly from 64 to 512 over the first
+half of training (`--config.latents.schedule=stepwise` climbs bucket by bucket).
 
 Run (seed experiment, GPU; enwik8 is downloaded once, or pass --config.data.path=enwik8.zip):
   python launch.py --config=configs/curriculum.py --workdir=/tmp/curriculum
@@ -13,10 +13,24 @@ byte fall from ~4.5 to ~2.3 and validation reaches ~2.15 bits per byte (the copy
 2.0: half of its bytes are random); `:cpu` on three Canterbury books, validated on the fourth,
 trains 2000 steps in ~10 min, training bits per byte fall from 8.0 to ~2.0 and validation (the
 held-out book) from 3.85 at step 250 to ~3.28. The GPU preset is not measured yet.
+
+Presets (`:arg`, config_lib.PRESET_SETTINGS): none or `:gpu` is the seed experiment (enwik8,
+window 1024, 6 layers, d_model 512, batch 32, bf16); `:cpu` a 4-layer d_model 128 model with a
+256-byte window for 2000 steps on a text file; `:cpu_long` the same with a 4096-byte window;
+`:smoke` a 2-layer d_model 64 model, window 128, 800 steps on the synthetic copy task. Latent
+counts below are in seed units (window 1024): shorter windows scale them (docs/model.md).
 """
 
 from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.strategy_config('curriculum', arg)
+  return config_lib.make_config(
+    arg,
+    name='curriculum',
+    model_type='perceiver_ar',  # config_choices.MODEL_TYPES
+    strategy='curriculum',  # N grows from min to max over latents.warmup_fraction of training
+    min_latents=64,  # latents.min, seed units
+    max_latents=512,  # latents.max, seed units
+    schedule='linear',  # curriculum shape: linear | stepwise
+  )

@@ -1,5 +1,7 @@
 """ECP (Mahmood & Huang 2024): every position is a query in every layer, attention over the
 previous and the own segment of m = window / 8 bytes; same width/depth as the other configs.
+The authors' choices: --config.model.ecp_shared_kv=True
+--config.model.ecp_rotary_first_layer_only=True --config.model.ecp_segment0_out=True
 
 Run (seed experiment, GPU; enwik8 is downloaded once, or pass --config.data.path=enwik8.zip):
   python launch.py --config=configs/ecp.py --workdir=/tmp/ecp
@@ -7,13 +9,25 @@ Smoke (tiny model, synthetic copy task, about a minute on a 2-core CPU):
   python launch.py --config=configs/ecp.py:smoke --workdir=/tmp/ecp_smoke
 CPU on real text:
   python launch.py --config=configs/ecp.py:cpu --workdir=/tmp/ecp_cpu --config.data.path=FILE
-The authors' choices: --config.model.ecp_shared_kv=True
-  --config.model.ecp_rotary_first_layer_only=True --config.model.ecp_segment0_out=True
-Expected: README "ECP" holds the measured figures at the `cpu` preset; GPU is not measured.
+Expected: docs/ecp.md holds the measured figures at the `cpu` preset; GPU is not measured.
+
+Presets (`:arg`, config_lib.PRESET_SETTINGS): none or `:gpu` is the seed experiment (enwik8,
+window 1024, 6 layers, d_model 512, batch 32, bf16); `:cpu` a 4-layer d_model 128 model with a
+256-byte window for 2000 steps on a text file; `:cpu_long` the same with a 4096-byte window;
+`:smoke` a 2-layer d_model 64 model, window 128, 800 steps on the synthetic copy task. Latent
+counts below are in seed units (window 1024): shorter windows scale them (docs/model.md).
 """
 
 from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.strategy_config('ecp', arg)
+  return config_lib.make_config(
+    arg,
+    name='ecp',
+    model_type='ecp',  # config_choices.MODEL_TYPES
+    strategy='fixed',  # every position is scored: N = the window
+    min_latents=1024,  # latents.min, seed units
+    max_latents=1024,  # latents.max, seed units
+    schedule='linear',  # curriculum shape: linear | stepwise
+  )

@@ -1,4 +1,5 @@
-"""Perceiver AR, strategy 'fixed_512': N = 512 latents every step.
+"""Perceiver AR, latent strategy 'fixed': N = 512 latents every step (half the window);
+the reference run of the comparison.
 
 Run (seed experiment, GPU; enwik8 is downloaded once, or pass --config.data.path=enwik8.zip):
   python launch.py --config=configs/fixed_512.py --workdir=/tmp/fixed_512
@@ -7,12 +8,26 @@ Smoke (tiny model, synthetic copy task, under 2 minutes on a 2-core CPU):
 CPU on real text (about 15 minutes on 2 cores):
   python launch.py --config=configs/fixed_512.py:cpu --workdir=/tmp/fixed_512_cpu \
     --config.data.path=FILE
-Expected: README "Results" holds the measured figures of this strategy at the `cpu` preset
+Expected: docs/results.md holds the measured figures of this strategy at the `cpu` preset
 (2026-11-23); the GPU preset is not measured yet.
+
+Presets (`:arg`, config_lib.PRESET_SETTINGS): none or `:gpu` is the seed experiment (enwik8,
+window 1024, 6 layers, d_model 512, batch 32, bf16); `:cpu` a 4-layer d_model 128 model with a
+256-byte window for 2000 steps on a text file; `:cpu_long` the same with a 4096-byte window;
+`:smoke` a 2-layer d_model 64 model, window 128, 800 steps on the synthetic copy task. Latent
+counts below are in seed units (window 1024): shorter windows scale them (docs/model.md).
 """
 
 from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.strategy_config('fixed_512', arg)
+  return config_lib.make_config(
+    arg,
+    name='fixed_512',
+    model_type='perceiver_ar',  # config_choices.MODEL_TYPES
+    strategy='fixed',  # N = latents.max every step
+    min_latents=512,  # latents.min, seed units
+    max_latents=512,  # latents.max, seed units
+    schedule='linear',  # curriculum shape: linear | stepwise
+  )

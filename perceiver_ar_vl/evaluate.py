@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from perceiver_ar_vl import losses, models, parallel
+from perceiver_ar_vl import config_choices, config_lib, data, losses, parallel, train_state
+from perceiver_ar_vl.models.base import LanguageModel
 
 
 def window_ends(length: int, targets_per_window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,14 +60,14 @@ def block_windows(
 
 
 @functools.lru_cache(maxsize=32)
-def _score_fn(model, num_latents: int):
+def _score_fn(model: LanguageModel, num_latents: int):
   """Jitted per-slot (summed nats [N], target count [N]) of one batch of windows; cached per
   (model, N)."""
 
   @jax.jit
   def score(variables, window_BxW, mask_BxM, weights_BxN):
-    logits = models.forward_logits(
-      model, variables, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
+    logits = model.forward(
+      variables, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
     )
     nll_BxN, _ = losses.token_nll(logits, window_BxW)
     return (nll_BxN * weights_BxN).sum(0), weights_BxN.sum(0)
@@ -101,7 +102,7 @@ def position_ranges(context: int, num_latents: int, parts: int = 4) -> list[tupl
 
 
 def bits_per_byte(
-  model,
+  model: LanguageModel,
   variables,
   stream: np.ndarray,
   *,
@@ -118,8 +119,8 @@ def bits_per_byte(
   context = model.max_context
   if not 1 <= num_latents <= context:
     raise ValueError(f'num_latents={num_latents} must be in [1, max_context={context}].')
-  if mode not in ('blocks', 'stride1'):
-    raise ValueError(f"Unknown eval mode {mode!r}; choose 'blocks' or 'stride1'.")
+  if config_choices.unknown_choice('eval.mode', mode):
+    raise ValueError(config_choices.unknown_choice('eval.mode', mode))
   stream = np.asarray(stream[:max_bytes] if max_bytes else stream)
   per_window = num_latents if mode == 'blocks' else 1
   ends, first_new = window_ends(len(stream), per_window)
@@ -197,13 +198,11 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   'bits_by_position', 'seconds'}]}, where 'bits_by_position' maps ranges '[a,b)' of the
   target's window position (quarters of the window) to bits per byte. Returns the same dict.
   """
-  from perceiver_ar_vl import config_lib, data, state  # noqa: PLC0415 (avoid import cycles)
-
   config_lib.validate(config)
   e = config.eval
-  state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
+  train_state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
   dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
-  model, variables, step = state.restore_params(config, workdir, e.checkpoint_step)
+  model, variables, step = train_state.restore_params(config, workdir, e.checkpoint_step)
   mesh = parallel.make_mesh()
   rows = []
   for split in e.splits:

@@ -15,13 +15,12 @@ Strategies (config.latents.strategy) map a training step to N, deterministically
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from perceiver_ar_vl import errors
-
-STRATEGIES = ('fixed', 'uniform', 'curriculum')
-SCHEDULES = ('linear', 'stepwise')
+from perceiver_ar_vl.config_choices import SCHEDULES, STRATEGIES
 
 
 def validate_buckets(buckets: Sequence[int], max_context: int | None = None) -> tuple[int, ...]:
@@ -138,3 +137,35 @@ def num_latents_at(
       return int(stages[stage])
     raise errors.UserError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
   raise errors.UserError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')
+
+
+def latent_count(config: Any, step: int) -> int:
+  """N at training step `step` of the run `config` describes (its latents, steps and seed)."""
+  lat = config.latents
+  return num_latents_at(
+    step,
+    strategy=lat.strategy,
+    min_latents=lat.min,
+    max_latents=lat.max,
+    total_steps=config.train.steps,
+    seed=config.seed,
+    buckets=lat.buckets,
+    schedule=lat.schedule,
+    warmup_fraction=lat.warmup_fraction,
+  )
+
+
+def buckets_ahead(config: Any, start_step: int) -> list[int]:
+  """The buckets steps [start_step, train.steps) use, sorted: what a run compiles at start-up.
+
+  Stops reading the schedule once every bucket that [latents.min, latents.max] can reach has
+  appeared (a uniform run shows them all within a few steps; a curriculum reads ~1 us a step).
+  """
+  lat = config.latents
+  reachable = {bucket_for(n, lat.buckets) for n in range(lat.min, lat.max + 1)}
+  used: set[int] = set()
+  for step in range(start_step, config.train.steps):
+    used.add(bucket_for(latent_count(config, step), lat.buckets))
+    if used == reachable:
+      break
+  return sorted(used)

@@ -15,15 +15,22 @@ attention, rotary on part of every layer and separate K and V):
   * `ecp_shared_kv`: one projection is both keys and values (K = V);
   * `ecp_rotary_first_layer_only`: rotary on the full head dim, in layer 0 only;
   * `ecp_segment0_out`: segment 0 has its own attention output projection.
+
+Decoding: `ecp_cache.ECPCache` keeps per layer the keys/values of the previous and the
+current segment, over a segment-aligned window (see `models/ecp_cache.py`).
 """
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from perceiver_ar_vl.attention import AttentionImpl, causal_mask, dot_product_attention
-from perceiver_ar_vl.models.backbone import Backbone
+from perceiver_ar_vl.layers import kv_cache
+from perceiver_ar_vl.layers.kernels import AttentionImpl, dot_product_attention
+from perceiver_ar_vl.layers.masks import causal_mask
+from perceiver_ar_vl.models import ecp_cache
+from perceiver_ar_vl.models.base import AttentionShape, LanguageModel
 
 
 def segment_attention(
@@ -72,20 +79,32 @@ def segment_attention(
   return out.reshape(q_BxNxHxK.shape)
 
 
-class ECP(Backbone):
+class ECP(LanguageModel):
   """ECP over a window of M bytes, logits for all M positions (see the module docstring).
 
   With one segment (segment_length = M) and the default options this is exactly the
   `Transformer` baseline (same parameter names and values give the same logits).
   """
 
+  scores_every_position = True
+
   segment_length: int = 128
   ecp_shared_kv: bool = False
   ecp_rotary_first_layer_only: bool = False
   ecp_segment0_out: bool = False
 
+  @classmethod
+  def options_from_config(cls, model_config) -> dict:
+    m = model_config
+    return dict(
+      segment_length=m.ecp_segment_length,
+      ecp_shared_kv=m.ecp_shared_kv,
+      ecp_rotary_first_layer_only=m.ecp_rotary_first_layer_only,
+      ecp_segment0_out=m.ecp_segment0_out,
+    )
+
   def setup(self):
-    self._setup_common()
+    self.setup_shared()
     if self.remat != 'none':
       raise ValueError("ECP does not support remat yet; use model.remat='none'.")
     if self.segment_length < 1:
@@ -96,7 +115,7 @@ class ECP(Backbone):
       options = dict(shared_kv=self.ecp_shared_kv, segment0_out=self.ecp_segment0_out)
       if self.ecp_rotary_first_layer_only:
         options.update(use_rotary=rotary and i == 0, rotary_fraction=1.0)
-      blocks.append(self._block(f'layer_{i}', **options))
+      blocks.append(self.make_block(f'layer_{i}', **options))
     self.blocks = blocks
 
   def __call__(
@@ -109,9 +128,9 @@ class ECP(Backbone):
     """Logits [batch, M, vocab], one per window position; M a multiple of segment_length.
 
     With `return_keys_values`, returns (logits, keys_values): one (k, v) pair [B, M, H, K]
-    per layer, computed from that layer's inputs (what `decoding_cache.ECPCache` keeps).
+    per layer, computed from that layer's inputs (what `ecp_cache.ECPCache` keeps).
     """
-    valid_BxM = self._check_window(tokens_BxM, input_mask)
+    valid_BxM = self.check_window(tokens_BxM, input_mask)
     context = tokens_BxM.shape[1]
     m = self.segment_length
     if context % m:
@@ -123,17 +142,99 @@ class ECP(Backbone):
     x_BxMxD = self.embed_tokens(tokens_BxM, positions_1xM)
     keys_values = []
     for block in self.blocks:
-      q = block.attention.queries(block.ln_q(x_BxMxD), positions_1xM)
+      q = block.queries(x_BxMxD, positions_1xM)
       k, v = block.keys_values(x_BxMxD, positions_1xM)
       keys_values.append((k, v))
       out_BxMxHxK = segment_attention(q, k, v, positions_1xM, valid_BxM, m, self.attention_impl)
       if self.ecp_segment0_out:  # segment 0's own output projection
         first, rest = out_BxMxHxK[:, :m], out_BxMxHxK[:, m:]
-        h_BxMxD = jnp.concatenate(
-          [block.attention.out_segment0(first), block.attention.out(rest)], axis=1
-        )
+        h_BxMxD = jnp.concatenate([block.output(first, segment0=True), block.output(rest)], 1)
       else:
-        h_BxMxD = block.attention.out(out_BxMxHxK)
+        h_BxMxD = block.output(out_BxMxHxK)
       x_BxMxD = block.residual_and_mlp(x_BxMxD, h_BxMxD, deterministic)
-    logits = self.logits(x_BxMxD)
+    logits = self.head_logits(x_BxMxD)
     return (logits, keys_values) if return_keys_values else logits
+
+  def window_logits(self, tokens_BxM, num_latents, bucket, input_mask=None, deterministic=True):
+    del num_latents  # every position is a query
+    logits_BxMxV = self(tokens_BxM, input_mask, deterministic)
+    return logits_BxMxV[:, tokens_BxM.shape[1] - bucket :]
+
+  @nn.nowrap
+  def window_origin(self, context_len) -> jax.Array:
+    """The aligned window's start for the byte at context_len - 1 (`ecp_cache`)."""
+    return ecp_cache.window_origin(
+      self.max_context, self.segment_length, self.num_layers, context_len
+    )
+
+  def _aligned_pass(self, window_BxM, context_len):
+    """The forward pass over the aligned window: (logits [B, vocab] of the last byte, origin,
+    per-layer keys/values [B, M, H, K])."""
+    origin = self.window_origin(context_len)
+    aligned_BxM = ecp_cache.aligned_window(window_BxM, context_len, origin)
+    logits_BxMxV, keys_values = self(aligned_BxM, return_keys_values=True)
+    logits_BxV = jax.lax.dynamic_index_in_dim(logits_BxMxV, context_len - 1 - origin, 1, False)
+    return logits_BxV, origin, keys_values
+
+  def next_logits(self, window_BxM, context_len, num_latents, bucket: int):
+    """The uncached step: the last byte's logits of a pass over its aligned window."""
+    del num_latents, bucket
+    return self._aligned_pass(window_BxM, context_len)[0]
+
+  def prefill_cache(self, window_BxM, context_len, num_latents: int, capacity: int):
+    """Full pass over the aligned window; returns (logits [B, vocab] of the last byte, cache)."""
+    del num_latents, capacity
+    logits_BxV, origin, keys_values = self._aligned_pass(window_BxM, context_len)
+    cache = ecp_cache.fill(
+      keys_values, context_len, origin, self.segment_length, self.ecp_shared_kv
+    )
+    return logits_BxV, cache
+
+  def extend_cache(self, cache: ecp_cache.ECPCache, token_B, context_len, num_latents):
+    """Adds the byte at sequence index context_len - 1: one query through every layer, over
+    the keys/values of its previous segment (none in window segment 0) and of its own."""
+    del num_latents
+    batch = token_B.shape[0]
+    pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
+    x_Bx1xD = self.embed_tokens(token_B[:, None], pos_Bx1)
+    kv_pos_BxT, key_ok_BxT = ecp_cache.ring_keys(cache, context_len, self.segment_length)
+    mask_Bx1xT = causal_mask(pos_Bx1, kv_pos_BxT, key_ok_BxT)
+    in_segment0 = context_len - 1 - cache.origin < self.segment_length  # own projection
+    ks, vs = [], []
+    for block, k_cache, v_cache in zip(self.blocks, cache.k, cache.v, strict=True):
+      k_Bx1xHxK, v_Bx1xHxK = block.keys_values(x_Bx1xD, pos_Bx1)
+      k_cache = kv_cache.ring_write(k_cache, k_Bx1xHxK, context_len)
+      v_cache = (
+        k_cache if self.ecp_shared_kv else kv_cache.ring_write(v_cache, v_Bx1xHxK, context_len)
+      )
+      out_Bx1xHxK = dot_product_attention(
+        block.queries(x_Bx1xD, pos_Bx1),
+        kv_cache.seq_major(k_cache),
+        kv_cache.seq_major(v_cache),
+        mask_Bx1xT,
+        self.attention_impl,
+      )
+      h_Bx1xD = block.output(out_Bx1xHxK)
+      if self.ecp_segment0_out:
+        h_Bx1xD = jnp.where(in_segment0, block.output(out_Bx1xHxK, segment0=True), h_Bx1xD)
+      x_Bx1xD = block.residual_and_mlp(x_Bx1xD, h_Bx1xD, True)
+      ks.append(k_cache)
+      vs.append(v_cache)
+    return self.head_logits(x_Bx1xD[:, 0]), ecp_cache.ECPCache(tuple(ks), tuple(vs), cache.origin)
+
+  @nn.nowrap
+  def needs_prefill(self, cache, step, context_len, latent_reset):
+    """At the first step, and when the aligned window jumps ahead (a new origin)."""
+    del latent_reset
+    return (jnp.asarray(step) == 0) | (self.window_origin(context_len) != cache.origin)
+
+  @nn.nowrap
+  def cached_sampling_error(self) -> str | None:
+    return None  # the aligned window keeps each byte's position until a jump: any encoding
+
+  @nn.nowrap
+  def attention_shapes(self, bucket: int) -> tuple[AttentionShape, ...]:
+    del bucket  # every position is a query in every layer
+    m, context = self.segment_length, self.max_context
+    keys_per_query = context if m == context else 2 * m  # one segment has no previous one
+    return (AttentionShape(context, context, keys_per_query),) * self.num_layers

@@ -1,4 +1,4 @@
-"""Perceiver AR with a variable number of latents, and the decoder-only Transformer baseline.
+"""Perceiver AR with a variable number of latents, and its decoding cache.
 
 Perceiver AR (Hawthorne et al. 2022): the LAST N positions of the window are latents. A
 cross-attend layer lets them attend to all M positions (causally), then L-1 causal
@@ -7,16 +7,26 @@ self-attention layers run over the latents only. Cost O(N*M + L*N^2) instead of 
 Static buckets: a call runs at bucket B >= N. Slot j of the B latent slots is window position
 M-B+j; the last N slots are active, the first B-N are inactive padding that is masked out as
 keys in every latent layer and carries no loss. N may be traced; B is static.
+
+Decoding cache (`PerceiverCache`): the keys/values of the cross-attend over the window (a ring
+buffer) and of every latent layer (the latents since the last reset). A new byte adds one
+cross-attend key and sends one query, the new latent, through the cross-attend and the
+latent stack; the sampler's latent schedule (`sampling`) refills it with one full pass at
+n0 = N/2 latents when it would hold more than N, as the original does.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_ar_vl.attention import causal_mask
-from perceiver_ar_vl.models.backbone import Backbone
+from perceiver_ar_vl.layers import kv_cache
+from perceiver_ar_vl.layers.masks import causal_mask
+from perceiver_ar_vl.models.base import AttentionShape, LanguageModel
 
 
 def check_latents(num_latents, bucket: int | None, context: int) -> int:
@@ -46,7 +56,25 @@ def check_latents(num_latents, bucket: int | None, context: int) -> int:
   return bucket
 
 
-class PerceiverAR(Backbone):
+class PerceiverCache(NamedTuple):
+  """Cached keys/values of Perceiver AR, heads-major. H heads, K head dim, N the capacity.
+
+  cross_k, cross_v: [B, H, M, K] cross-attend keys/values of the window, a ring buffer
+    (`layers.kv_cache`): slot s holds sequence index i = s (mod M).
+  latent_k, latent_v: per latent layer [B, H, N, K]; slot i holds the i-th latent since the
+    last reset (slots at or past the current latent count are unused and masked out).
+  origin: int32 scalar, the sequence index that rotary treats as position 0 (the first
+    window position at the last reset), so cached positions stay below M + N.
+  """
+
+  cross_k: jax.Array
+  cross_v: jax.Array
+  latent_k: tuple[jax.Array, ...]
+  latent_v: tuple[jax.Array, ...]
+  origin: jax.Array
+
+
+class PerceiverAR(LanguageModel):
   """Perceiver AR; `num_latents` may change per call (see the module docstring).
 
   Extra fields, both active only while training (deterministic=False):
@@ -57,13 +85,20 @@ class PerceiverAR(Backbone):
       still sees itself, so no query is left without keys.
   """
 
+  scores_every_position = False
+
   cross_attend_dropout: float = 0.0
   latent_dropout: float = 0.0
 
+  @classmethod
+  def options_from_config(cls, model_config) -> dict:
+    m = model_config
+    return dict(cross_attend_dropout=m.cross_attend_dropout, latent_dropout=m.latent_dropout)
+
   def setup(self):
-    self._setup_common()
-    self.cross_attend = self._block('cross_attend', cross=True)
-    self.latent_blocks = [self._block(f'latent_{i}') for i in range(self.num_layers - 1)]
+    self.setup_shared()
+    self.cross_attend = self.make_block('cross_attend', cross=True)
+    self.latent_blocks = [self.make_block(f'latent_{i}') for i in range(self.num_layers - 1)]
 
   def __call__(
     self,
@@ -80,7 +115,7 @@ class PerceiverAR(Backbone):
     cross-attend's over all M positions [B, M, H, K] first, then each latent layer's over the
     B slots [B, B, H, K] (what a decoding cache keeps).
     """
-    valid_BxM = self._check_window(tokens_BxM, input_mask)
+    valid_BxM = self.check_window(tokens_BxM, input_mask)
     batch, context = tokens_BxM.shape
     bucket = check_latents(num_latents, bucket, context)
     positions_1xM = jnp.arange(context)[None]  # the same for every example
@@ -122,5 +157,77 @@ class PerceiverAR(Backbone):
       z_BxBxD = block.attend(
         z_BxBxD, slot_positions_1xB, *keys_values[-1], latent_mask, deterministic
       )
-    logits = self.logits(z_BxBxD)
+    logits = self.head_logits(z_BxBxD)
     return (logits, keys_values) if return_keys_values else logits
+
+  def window_logits(self, tokens_BxM, num_latents, bucket, input_mask=None, deterministic=True):
+    return self(tokens_BxM, num_latents, bucket, input_mask, deterministic)
+
+  def prefill_cache(self, window_BxM, context_len, num_latents: int, capacity: int):
+    """Full pass at `num_latents` latents over the window; fills a `PerceiverCache` whose
+    latent layers hold up to `capacity` latents. Rotary positions are 0..M-1 as in the
+    uncached window; `origin` maps them back to sequence indices."""
+    batch, window = window_BxM.shape
+    valid_BxM = kv_cache.window_indices(context_len, batch, window) >= 0
+    logits_BxNxV, keys_values = self(
+      window_BxM, num_latents, input_mask=valid_BxM, return_keys_values=True
+    )
+    (cross_k, cross_v), *latent_kv = keys_values
+    pad = ((0, 0), (0, 0), (0, capacity - num_latents), (0, 0))
+    heads_major = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2), pad)
+    cache = PerceiverCache(
+      kv_cache.to_ring(cross_k, context_len),
+      kv_cache.to_ring(cross_v, context_len),
+      tuple(heads_major(k) for k, _ in latent_kv),
+      tuple(heads_major(v) for _, v in latent_kv),
+      jnp.asarray(context_len - window, jnp.int32),
+    )
+    return logits_BxNxV[:, -1], cache
+
+  def extend_cache(self, cache: PerceiverCache, token_B, context_len, num_latents):
+    """Adds the byte at sequence index context_len - 1 as latent number `num_latents`: one
+    query through the cross-attend (over the window's ring cache) and every latent layer
+    (over the latents since the last reset)."""
+    batch, _, window, _ = cache.cross_k.shape
+    pos_Bx1 = jnp.full((batch, 1), context_len - 1 - cache.origin)
+    x_Bx1xD = self.embed_tokens(token_B[:, None], pos_Bx1)
+    k_Bx1xHxK, v_Bx1xHxK = self.cross_attend.keys_values(x_Bx1xD, pos_Bx1)
+    cross_k = kv_cache.ring_write(cache.cross_k, k_Bx1xHxK, context_len)
+    cross_v = kv_cache.ring_write(cache.cross_v, v_Bx1xHxK, context_len)
+    mask_Bx1xM = kv_cache.ring_mask(pos_Bx1, context_len, cache.origin, batch, window)
+    z_Bx1xD = self.cross_attend.attend(
+      x_Bx1xD, pos_Bx1, kv_cache.seq_major(cross_k), kv_cache.seq_major(cross_v), mask_Bx1xM
+    )
+
+    latent_k, latent_v = [], []
+    slot = num_latents - 1  # the new latent's slot; slots after it are unused
+    capacity = cache.latent_k[0].shape[2] if cache.latent_k else 0
+    latent_pos_BxN = jnp.broadcast_to(pos_Bx1 - slot + jnp.arange(capacity), (batch, capacity))
+    latent_ok_BxN = latent_pos_BxN + cache.origin >= 0  # a real byte, not left padding
+    mask_Bx1xN = causal_mask(pos_Bx1, latent_pos_BxN, latent_ok_BxN)
+    for block, k_cache, v_cache in zip(
+      self.latent_blocks, cache.latent_k, cache.latent_v, strict=True
+    ):
+      k_Bx1xHxK, v_Bx1xHxK = block.keys_values(z_Bx1xD, pos_Bx1)
+      k_cache = kv_cache.write_slot(k_cache, k_Bx1xHxK, slot)
+      v_cache = kv_cache.write_slot(v_cache, v_Bx1xHxK, slot)
+      z_Bx1xD = block.attend(
+        z_Bx1xD, pos_Bx1, kv_cache.seq_major(k_cache), kv_cache.seq_major(v_cache), mask_Bx1xN
+      )
+      latent_k.append(k_cache)
+      latent_v.append(v_cache)
+    cache = PerceiverCache(cross_k, cross_v, tuple(latent_k), tuple(latent_v), cache.origin)
+    return self.head_logits(z_Bx1xD[:, 0]), cache
+
+  @nn.nowrap
+  def needs_prefill(self, cache, step, context_len, latent_reset):
+    del cache, step, context_len  # the latent schedule decides: back at n0 = a full pass
+    return jnp.asarray(latent_reset)
+
+  @nn.nowrap
+  def attention_shapes(self, bucket: int) -> tuple[AttentionShape, ...]:
+    context = self.max_context
+    if not 1 <= bucket <= context:
+      raise ValueError(f'bucket must be in [1, {context}] for Perceiver AR, got {bucket}.')
+    cross = AttentionShape(bucket, context, context)
+    return (cross,) + (AttentionShape(bucket, bucket, bucket),) * (self.num_layers - 1)

@@ -11,14 +11,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from perceiver_ar_vl.attention import AttentionImpl, AttentionMask, MultiHeadAttention
-from perceiver_ar_vl.attention_kernels import projected_chunked_attention, resolve_impl
+from perceiver_ar_vl.config_choices import ACTIVATIONS
+from perceiver_ar_vl.layers.attention import MultiHeadAttention
+from perceiver_ar_vl.layers.chunked import projected_chunked_attention
+from perceiver_ar_vl.layers.kernels import AttentionImpl, resolve_impl
+from perceiver_ar_vl.layers.masks import AttentionMask
 
-ACTIVATIONS = {
+# model.activation -> its function (the names: config_choices.ACTIVATIONS).
+ACTIVATION_FNS = {
   'gelu': nn.gelu,
   'relu': nn.relu,
   'sq_relu': lambda x: jnp.square(nn.relu(x)),
 }
+assert tuple(ACTIVATION_FNS) == ACTIVATIONS
 
 
 class MLP(nn.Module):
@@ -30,12 +35,8 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
-    if self.activation not in ACTIVATIONS:
-      raise ValueError(
-        f'Unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}.'
-      )
     h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32, name='fc_in')(x_BxSxD)
-    h = ACTIVATIONS[self.activation](h)
+    h = ACTIVATION_FNS[self.activation](h)
     return nn.Dense(x_BxSxD.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name='fc_out')(h)
 
 
@@ -84,6 +85,18 @@ class AttentionBlock(nn.Module):
     """Keys and values [B, T, H, K] of the (normalised) key/value stream."""
     return self.attention.keys_values(self.ln_kv(x_kv_BxTxD), positions_BxT)
 
+  def queries(self, x_q_BxSxD: jax.Array, positions_BxS: jax.Array) -> jax.Array:
+    """Rotated queries [B, S, H, K] of the (normalised) query stream: what a model that
+    runs its own attention pattern (ECP's segments) feeds its kernel."""
+    return self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
+
+  def output(self, out_BxSxHxK: jax.Array, segment0: bool = False) -> jax.Array:
+    """The attention output projection [B, S, D] of per-head results (`segment0`: the
+    second projection that `segment0_out` adds)."""
+    if segment0:
+      return self.attention.out_segment0(out_BxSxHxK)
+    return self.attention.out(out_BxSxHxK)
+
   def attend(
     self,
     x_q_BxSxD: jax.Array,
@@ -94,7 +107,7 @@ class AttentionBlock(nn.Module):
     deterministic: bool = True,
   ):
     """The block's output for the query stream, given keys/values and their mask."""
-    q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
+    q = self.queries(x_q_BxSxD, positions_BxS)
     h = self.attention.attend(q, k_BxTxHxK, v_BxTxHxK, mask)
     return self.residual_and_mlp(x_q_BxSxD, h, deterministic)
 
@@ -113,7 +126,7 @@ class AttentionBlock(nn.Module):
     the kernel (`projected_chunked_attention`), so the backward pass keeps no LayerNorm
     output, no un-rotated keys and no full-size dk/dv: what a long window's memory needs.
     """
-    q = self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
+    q = self.queries(x_q_BxSxD, positions_BxS)
     kv_shape = x_kv_BxTxD.shape[:2] + q.shape[2:]
     impl = resolve_impl(self.attention_impl, q, jax.ShapeDtypeStruct(kv_shape, q.dtype))
     if impl != 'chunked' or self.shared_kv:

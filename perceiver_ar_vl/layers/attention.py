@@ -1,6 +1,6 @@
 """Multi-head attention with partial rotary position encoding and a switchable kernel.
 
-The attention kernel is chosen in exactly one place, `attention_kernels.dot_product_attention`
+The attention kernel is chosen in exactly one place, `layers.kernels.dot_product_attention`
 (einsum reference, XLA, cuDNN, chunked memory-efficient, or 'auto' per backend and shape).
 
 Parameters are always float32; `dtype` is the compute dtype (bfloat16 on GPU).
@@ -13,14 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from perceiver_ar_vl.attention_kernels import (  # noqa: F401 (re-exported)
-  ATTENTION_IMPLS,
-  AttentionImpl,
-  AttentionMask,
-  causal_mask,
-  dot_product_attention,
-)
-from perceiver_ar_vl.rotary import apply_rotary, rotary_dims  # noqa: F401 (re-exported)
+from perceiver_ar_vl.layers.kernels import AttentionImpl, dot_product_attention
+from perceiver_ar_vl.layers.masks import AttentionMask
+from perceiver_ar_vl.layers.rotary import apply_rotary
 
 
 class MultiHeadAttention(nn.Module):

@@ -1,4 +1,4 @@
-"""Training state: the optimizer, parameter init, fresh and abstract (restorable) states.
+"""Training state: the optimizer, fresh and abstract (restorable) states, restored params.
 
 Shared by training, evaluation and sampling, which restore the same TrainState from a workdir.
 """
@@ -14,6 +14,7 @@ import optax
 from flax.training import train_state
 
 from perceiver_ar_vl import checkpoints, config_lib, parallel
+from perceiver_ar_vl.models.base import LanguageModel
 
 
 class TrainState(train_state.TrainState):
@@ -46,15 +47,7 @@ def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransfor
   return tx, schedule
 
 
-def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array):
-  """Parameters of `model` (their shapes do not depend on N)."""
-  tokens = jnp.zeros((1, config.model.max_context), jnp.int32)
-  if config.model.type in config_lib.FULL_WINDOW_TYPES:
-    return model.init(rng, tokens)
-  return model.init(rng, tokens, num_latents=1)
-
-
-def _new_state_fn(config: ml_collections.ConfigDict, model):
+def _new_state_fn(config: ml_collections.ConfigDict, model: LanguageModel):
   """rng -> a fresh TrainState (what both the real and the abstract state are traced from).
 
   Its step is a strongly typed int32, as a restored one is (`TrainState.create`'s Python 0
@@ -62,11 +55,13 @@ def _new_state_fn(config: ml_collections.ConfigDict, model):
   """
   tx, _ = make_optimizer(config.train)
   return lambda rng: TrainState.create(
-    apply_fn=model.apply, params=init_params(model, config, rng), tx=tx
+    apply_fn=model.forward, params=model.init_variables(rng), tx=tx
   ).replace(step=jnp.zeros((), jnp.int32))
 
 
-def train_state_shardings(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
+def train_state_shardings(
+  config: ml_collections.ConfigDict, model: LanguageModel, mesh
+) -> TrainState:
   """A NamedSharding for each array of the TrainState on `mesh`: replicated, or with
   `train.fsdp` split over the data axis (parallel.state_shardings). Its optimizer is a new
   one: match it with a state leaf by leaf, not as a pytree of the same structure."""
@@ -74,7 +69,7 @@ def train_state_shardings(config: ml_collections.ConfigDict, model, mesh) -> Tra
   return parallel.state_shardings(shapes, mesh, config.train.fsdp)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
+def create_train_state(config: ml_collections.ConfigDict, model: LanguageModel, mesh) -> TrainState:
   """A fresh TrainState, replicated or (train.fsdp) sharded over `mesh`."""
   new_state = _new_state_fn(config, model)  # one optimizer: the shardings' tree is the state's
   shapes = jax.eval_shape(new_state, jax.random.PRNGKey(0))
@@ -82,7 +77,9 @@ def create_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainS
   return make(jax.random.PRNGKey(config.seed))
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, model, mesh) -> TrainState:
+def abstract_train_state(
+  config: ml_collections.ConfigDict, model: LanguageModel, mesh
+) -> TrainState:
   """Shapes, dtypes and shardings of the TrainState, for restoring without allocating twice.
 
   The shardings are those of this run's mesh and train.fsdp, whatever the device count and

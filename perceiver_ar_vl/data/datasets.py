@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from perceiver_ar_vl import errors
+from perceiver_ar_vl.config_choices import COPY_MODES, SPLITS
+from perceiver_ar_vl.config_choices import DATA_NAMES as NAMES
 
 # grain, tensorflow_datasets and byte_datasets (which imports both) are imported where they
 # are used: they take ~0.5 s to import, which config_lib (and so every command-line error
@@ -54,9 +56,6 @@ if TYPE_CHECKING:
   import tensorflow_datasets as tfds
 
 VOCAB_SIZE = 256
-NAMES = ('enwik8', 'text_file', 'copy')
-SPLITS = ('train', 'validation', 'test')  # the same as byte_datasets.SPLITS
-COPY_MODES = ('copy', 'mirror')
 COPY_EVAL_EXAMPLES = 64  # examples in each copy-task evaluation split
 DEFAULTS = {
   'name': 'enwik8',
@@ -187,7 +186,7 @@ class PreparedByteDataset(ByteDataset):
   ):
     import grain
 
-    from perceiver_ar_vl import byte_datasets
+    from perceiver_ar_vl.data import builders as byte_datasets
 
     super().__init__(window)
     self.builder = builder
@@ -353,7 +352,7 @@ def make_dataset(data_config: Mapping[str, Any] | Any, window: int, seed: int = 
     )
   import tensorflow_datasets as tfds
 
-  from perceiver_ar_vl import byte_datasets
+  from perceiver_ar_vl.data import builders as byte_datasets
 
   data_dir = os.path.expanduser(
     str(_get(data_config, 'data_dir') or '') or tfds.core.constants.DATA_DIR
@@ -387,7 +386,7 @@ def _check_text_sizes(paths: list[str], heldout: str, window: int) -> None:
     errors.MissingFileError: a path is missing or a directory.
     errors.UserError: a file is empty, or a split would be shorter than `window` bytes.
   """
-  from perceiver_ar_vl import byte_datasets
+  from perceiver_ar_vl.data import builders as byte_datasets
 
   total = sum(byte_datasets.check_file(p, 'data.path') for p in paths)
   if heldout:

@@ -43,8 +43,7 @@ from absl import logging
 from etils import epath
 
 from perceiver_ar_vl import errors
-
-SPLITS = ('train', 'validation', 'test')
+from perceiver_ar_vl.config_choices import SPLITS
 
 # Record size of the prepared splits. Module-level so tests can shrink it (it enters the
 # builder config, hence the prepared directory name).

@@ -1,12 +1,11 @@
-"""The jitted train step and the host-side machinery that runs it: one compiled step per
-latent bucket (compiled ahead), batches put on the device ahead of use, step metrics kept on
-the device until a flush (with the NaN guard), and the SIGTERM/SIGINT stop agreed by every
-process. `train.train` strings these together.
+"""The host side of a training run: one compiled train step per latent bucket (compiled
+ahead), batches put on the device ahead of their step, step metrics kept on the device until
+a flush (with the NaN guard), and the SIGTERM/SIGINT stop that every process agrees on.
+`training.run.train` strings these together; each piece is usable (and tested) alone.
 """
 
 from __future__ import annotations
 
-import functools
 import queue
 import signal
 import threading
@@ -18,136 +17,20 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from perceiver_ar_vl import (
-  checkpoints,
-  latents,
-  losses,
-  metrics,
-  models,
-  parallel,
-)
-from perceiver_ar_vl import (
-  state as state_lib,
-)
+from perceiver_ar_vl import checkpoints, latents, parallel
+from perceiver_ar_vl.train_state import TrainState
+from perceiver_ar_vl.training import metrics
+from perceiver_ar_vl.training.step import bucket_step
 
 
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
 
 
-_TRUNCATION_STREAM = 0x7472  # fold_in tag: truncation draws, independent of dropout's
-
-
-def truncation_mask(window_BxW: jax.Array, fraction: float, rng: jax.Array) -> jax.Array:
-  """[batch, M] validity mask for short-context training (`train.random_truncation`).
-
-  Each window is truncated with probability `fraction` to a suffix of L ~ U[1, M] input bytes;
-  the positions before it become left padding (False): not attended and, for a latent sitting
-  there, not scored. Windows that are not truncated keep all M positions.
-  """
-  batch, context = window_BxW.shape[0], window_BxW.shape[1] - 1
-  pick_rng, length_rng = jax.random.split(rng)
-  truncated_B = jax.random.bernoulli(pick_rng, fraction, (batch,))
-  keep_B = jnp.where(truncated_B, jax.random.randint(length_rng, (batch,), 1, context + 1), context)
-  return jnp.arange(context)[None, :] >= context - keep_B[:, None]
-
-
-def train_step(
-  state: state_lib.TrainState,
-  window_BxW: jax.Array,
-  num_latents: jax.Array,
-  base_rng: jax.Array,
-  *,
-  model,
-  bucket: int,
-  z_loss: float,
-  grad_accum_steps: int,
-  schedule,
-  random_truncation: float = 0.0,
-) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a batch of windows [batch, M+1] with N active latents.
-
-  Dropout (and truncation) randomness is fold_in(base_rng, step), so a resumed run draws the
-  same masks. With grad_accum_steps = k the batch is split into k microbatches whose gradients
-  are averaged (each has the same number of active targets, so this equals the full-batch
-  gradient; with random_truncation > 0 each microbatch's mean is weighted equally).
-  """
-  rng = jax.random.fold_in(base_rng, state.step)
-
-  def loss_fn(params, micro_BxW, micro_rng):
-    input_mask, weights = None, None
-    if random_truncation > 0:
-      trunc_rng = jax.random.fold_in(micro_rng, _TRUNCATION_STREAM)
-      input_mask = truncation_mask(micro_BxW, random_truncation, trunc_rng)
-      weights = input_mask[:, input_mask.shape[1] - bucket :]  # a latent at padding: no loss
-    logits = models.forward_logits(
-      model,
-      params,
-      micro_BxW[:, :-1],
-      num_latents,
-      bucket,
-      input_mask=input_mask,
-      deterministic=False,
-      rngs={'dropout': micro_rng},
-    )
-    out = losses.cross_entropy_loss(
-      logits, micro_BxW, num_latents, z_loss=z_loss, weights_BxS=weights
-    )
-    return out.objective, out
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if grad_accum_steps == 1:
-    (_, out), grads = grad_fn(state.params, window_BxW, rng)
-  else:
-    batch, width = window_BxW.shape
-    micro_KxBxW = window_BxW.reshape(batch // grad_accum_steps, grad_accum_steps, width)
-    micro_KxBxW = micro_KxBxW.swapaxes(0, 1)
-
-    def accumulate(carry, xs):
-      micro_BxW, i = xs
-      (_, out), grads = grad_fn(state.params, micro_BxW, jax.random.fold_in(rng, i))
-      return jax.tree.map(jnp.add, carry, (grads, out)), None
-
-    zeros = jax.tree.map(
-      jnp.zeros_like,
-      (state.params, jax.eval_shape(lambda: grad_fn(state.params, micro_KxBxW[0], rng)[0][1])),
-    )
-    (grads, out), _ = jax.lax.scan(accumulate, zeros, (micro_KxBxW, jnp.arange(grad_accum_steps)))
-    grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
-    out = jax.tree.map(lambda x: x / grad_accum_steps, out)
-    out = out._replace(num_targets=out.num_targets * grad_accum_steps)
-  new_state = state.apply_gradients(grads=grads)
-  step_metrics = {
-    'loss': out.objective,
-    'nats': out.nats,
-    'bits_per_byte': out.bits,
-    'grad_norm': optax.tree.norm(grads),
-    'learning_rate': schedule(state.step),
-    'target_tokens': out.num_targets,
-  }
-  return new_state, step_metrics
-
-
-def bucket_step(config: ml_collections.ConfigDict, model, bucket: int, schedule) -> Callable:
-  """`train_step` bound to `config`'s model, loss and optimizer settings at latent `bucket`:
-  (state, window_BxW, num_latents, base_rng) -> (state, metrics). What training, the memory
-  report and the benchmarks all compile."""
-  return functools.partial(
-    train_step,
-    model=model,
-    bucket=bucket,
-    z_loss=config.train.z_loss,
-    grad_accum_steps=config.train.grad_accum_steps,
-    schedule=schedule,
-    random_truncation=config.train.random_truncation,
-  )
-
-
-class _StopSignal:
+class StopSignal:
   """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly; a second signal
   stops at once (KeyboardInterrupt), for a Ctrl-C that should not wait for the next step."""
 
@@ -176,7 +59,7 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-class _StopVote:
+class StopVote:
   """Decides, identically on every process, after which step a signalled run stops.
 
   A signal reaches one process (a preempted host, Ctrl-C in one terminal). Stopping on its own,
@@ -188,7 +71,7 @@ class _StopVote:
   needs no vote: it stops after the step during which the signal came.
   """
 
-  def __init__(self, stop: _StopSignal, mesh: Mesh):
+  def __init__(self, stop: StopSignal, mesh: Mesh):
     self._stop = stop
     self._mesh = mesh
     self._process_of = [device.process_index for device in mesh.devices.flat]
@@ -213,7 +96,7 @@ class _StopVote:
     return self._gather(codes)
 
 
-class _CompiledSteps:
+class CompiledSteps:
   """train_step jitted once per latent bucket; `compiles` counts the traces of each bucket.
 
   `compile_ahead` compiles the buckets a run will use before its first step (ahead-of-time
@@ -251,9 +134,7 @@ class _CompiledSteps:
       )
     return self._fns[bucket]
 
-  def compile_ahead(
-    self, buckets: list[int], state: state_lib.TrainState, base_rng: jax.Array
-  ) -> None:
+  def compile_ahead(self, buckets: list[int], state: TrainState, base_rng: jax.Array) -> None:
     """Compiles train_step for each of `buckets` now (one trace each), for `state`'s shapes."""
     c = self._config
     rows = (c.train.batch_size, c.model.max_context + 1)
@@ -264,7 +145,7 @@ class _CompiledSteps:
         self._compiled[bucket] = self(bucket).lower(state, batch, n, base_rng).compile()
 
 
-class _DeviceBatches:
+class DeviceBatches:
   """The training batches, put on the device by a background thread up to `depth` steps
   before the step that takes them, in order.
 
@@ -302,7 +183,7 @@ class _DeviceBatches:
         pass
     return False
 
-  def __iter__(self) -> _DeviceBatches:
+  def __iter__(self) -> DeviceBatches:
     return self
 
   def __next__(self) -> jax.Array:
@@ -317,14 +198,14 @@ class _DeviceBatches:
     self._closed.set()
     self._thread.join(timeout=60)
 
-  def __enter__(self) -> _DeviceBatches:
+  def __enter__(self) -> DeviceBatches:
     return self
 
   def __exit__(self, *exc) -> None:
     self.close()
 
 
-class _DeviceInts:
+class DeviceInts:
   """Replicated int32 device scalars, one transfer per distinct value (the latent counts)."""
 
   def __init__(self, mesh: Mesh):
@@ -337,7 +218,7 @@ class _DeviceInts:
     return self._arrays[value]
 
 
-class _MetricLog:
+class MetricLog:
   """Step metrics stay on device until `flush` (every log_every steps and before each save),
   which checks them for NaN, writes them and logs the last with the window's throughput."""
 
@@ -361,7 +242,7 @@ class _MetricLog:
         {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
       )
     self._pending.clear()
-    _check_finite(records, self._workdir, last_saved)
+    check_finite(records, self._workdir, last_saved)
     elapsed = max(time.perf_counter() - self._start, 1e-9)
     steps_per_sec, tokens_per_sec = self._steps / elapsed, self._tokens / elapsed
     for r in records:
@@ -395,7 +276,7 @@ class _MetricLog:
     self._writer.write(step, scalars)
 
 
-def _check_finite(records: list[dict], workdir: str, last_saved: int) -> None:
+def check_finite(records: list[dict], workdir: str, last_saved: int) -> None:
   for r in records:
     if not np.isfinite(r['loss']):
       kept = (

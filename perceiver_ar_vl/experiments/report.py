@@ -21,11 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from perceiver_ar_vl import config_choices
+
 SPIKE_FACTOR = 1.2
 SPIKE_WINDOW = 50
 # Two-sided 95% Student t quantiles t(0.975, df) for df = 1..10 (larger df: 1.96 is close).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-FULL_WINDOW_NAMES = {'transformer': 'Transformer', 'ecp': 'ECP'}
+# The models that score every position: each is one point (its window) in the memory plot.
+FULL_WINDOW_NAMES = {
+  name: entry.label
+  for name, entry in config_choices.MODEL_TYPES.items()
+  if entry.scores_every_position
+}
 
 
 def stability(records: list[dict], warmup_steps: int) -> dict[str, Any]:
@@ -269,7 +276,9 @@ def _plot(groups, memory, counts: list[int], out: str) -> None:
   if memory.get('perceiver_ar'):
     buckets, mems = zip(*memory['perceiver_ar'], strict=True)
     ax.plot(buckets, [m / 2**20 for m in mems], marker='o', label='Perceiver AR train step')
-  for kind, color in zip(FULL_WINDOW_NAMES, ('red', 'green'), strict=True):
+  colors = iter(('red', 'green', 'purple', 'orange', 'brown'))
+  for kind in FULL_WINDOW_NAMES:
+    color = next(colors)
     if memory.get(kind):
       ((window, mem),) = memory[kind]
       label = f'{FULL_WINDOW_NAMES[kind]} train step'

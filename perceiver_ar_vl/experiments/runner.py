@@ -1,7 +1,8 @@
-"""The strategy comparison: fixed_256, fixed_512, uniform, curriculum (linear, stepwise), the
-Transformer baseline and ECP, trained at an equal budget over several seeds, each evaluated at
-several latent counts, with stability and compiled-memory figures; writes a markdown report
-with mean +- std over seeds and PNG plots (`experiment_report`).
+"""The comparison of runs (`config_lib.RUNS`: fixed_256, fixed_512, uniform, curriculum linear
+and stepwise, the Transformer baseline and ECP), trained at an equal budget over several seeds,
+each evaluated at several latent counts, with stability and compiled-memory figures; writes a
+markdown report with mean +- std over seeds and PNG plots (`experiments.report`). The command
+line is `python -m perceiver_ar_vl.experiments` (`experiments/__main__.py`):
 
   python -m perceiver_ar_vl.experiments --preset=smoke --seeds=0,1 --budget=flops --out=/tmp/e
   python -m perceiver_ar_vl.experiments --preset=cpu --out=results/cpu --seeds=0,1,2 \
@@ -16,8 +17,8 @@ cheaper steps gets more of them. A run name may carry variants after '+': `fixed
 
 Every run lives in `<out>/runs/<name>/seed<k>-<T>steps` and resumes if interrupted; a finished
 run is not retrained (a run that two budgets give the same steps is trained once), so
-re-running the command only rebuilds the report. A user error (unknown strategy, bad data
-path, ...) prints one line `error: ...` and exits with status 2.
+re-running the command only rebuilds the report. A user error (unknown run, bad data path,
+...) raises errors.UserError; a run stopped by a signal raises RunStopped.
 """
 
 from __future__ import annotations
@@ -28,21 +29,11 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
-from perceiver_ar_vl import (
-  budgets,
-  config_lib,
-  errors,
-  evaluate,
-  experiment_report,
-  metrics,
-  step_memory,
-  train,
-)
-from perceiver_ar_vl.step_memory import compiled_bytes, train_step_memory  # noqa: F401
+from perceiver_ar_vl import config_lib, errors, evaluate, latents, run_files, training
+from perceiver_ar_vl.experiments import budgets, report, step_cost
 
-STRATEGIES = tuple(config_lib.STRATEGY_SPECS)
 # Training knobs a run name may add after '+', and the settings they apply.
 VARIANTS = {
   'latent_dropout': {'model.latent_dropout': 0.1},
@@ -59,6 +50,11 @@ EXPERIMENT_PRESETS = {
 RESULT_VERSION = 2  # run.json layout; older files are rebuilt (without retraining)
 
 
+class RunStopped(Exception):
+  """A run was stopped by a signal before its last step; it is saved and resumes when the
+  same command runs again."""
+
+
 def experiment_config(
   name: str,
   preset: str,
@@ -68,7 +64,8 @@ def experiment_config(
   heldout_path: str = '',
   eval_max_bytes: int = 0,
 ) -> ml_collections.ConfigDict:
-  """Strategy `name` at the experiment preset, with the shared budget and data applied."""
+  """Run `name` (one of config_lib.RUNS) at the experiment preset, with the shared budget and
+  data applied."""
   spec = EXPERIMENT_PRESETS[preset]
   c = config_lib.strategy_config(name, spec['config_preset'])
   c.train.steps = steps or spec['steps']
@@ -81,7 +78,7 @@ def experiment_config(
   if eval_max_bytes:
     c.eval.max_bytes = eval_max_bytes
   c.eval.splits = ('validation', 'test')
-  if c.model.type in config_lib.FULL_WINDOW_TYPES:
+  if config_lib.scores_every_position(c):
     # Scored at N = M only: a full-window model evaluated with N targets per window reruns
     # the whole window for every N bytes, which costs M/N times the N = M pass.
     c.eval.latents_sweep = ()
@@ -100,7 +97,7 @@ def run_config(
   heldout_path: str = '',
   eval_max_bytes: int = 0,
 ) -> ml_collections.ConfigDict:
-  """Run `name` (a strategy, optionally '+variant'...) at `preset` and `seed`, with the step
+  """Run `name` (a named run, optionally '+variant'...) at `preset` and `seed`, with the step
   count that `budget` gives it (see the module docstring)."""
   base, *variants = name.split('+')
   shared = dict(
@@ -139,7 +136,7 @@ def run_dir(out: str, config: ml_collections.ConfigDict) -> str:
 
 def target_tokens_seen(config: ml_collections.ConfigDict) -> int:
   """Scored targets over the whole run: batch * sum over steps of N (before truncation)."""
-  counts = [train.latent_count(config, s) for s in range(config.train.steps)]
+  counts = [latents.latent_count(config, s) for s in range(config.train.steps)]
   return int(config.train.batch_size * np.sum(counts))
 
 
@@ -155,24 +152,22 @@ def finished_result(workdir: str, config: ml_collections.ConfigDict) -> dict[str
   return None
 
 
-def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) and evaluates one run; caches the result in `run.json`."""
+def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) and evaluates one run; caches the result in `run.json`. Raises
+  RunStopped when a signal stopped the training before its last step."""
   result = finished_result(workdir, config)
   if result is not None:
     return result
-  summary = train.train(config, workdir)
+  summary = training.train(config, workdir)
   if summary['final_step'] < config.train.steps:  # a stop signal: saved, not finished
-    logging.warning(
-      'Run %s stopped at step %d of %d (saved); rerun the same command to resume.',
-      workdir,
-      summary['final_step'],
-      config.train.steps,
+    raise RunStopped(
+      f'Run {workdir} stopped at step {summary["final_step"]} of {config.train.steps} (saved); '
+      'rerun the same command to resume.'
     )
-    raise SystemExit(0)
-  report = evaluate.evaluate(config, workdir)
+  evaluation = evaluate.evaluate(config, workdir)
   schedule = budgets.bucket_schedule(config)
-  memory = {b: step_memory.cached_train_step_memory(config, b) for b in sorted(set(schedule))}
-  records = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  memory = {b: step_cost.cached_train_step_memory(config, b) for b in sorted(set(schedule))}
+  records = run_files.read_jsonl(os.path.join(workdir, run_files.METRICS_FILE))
   result = {
     'version': RESULT_VERSION,
     'name': config.name,
@@ -192,33 +187,32 @@ def run_strategy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
     'memory_by_bucket': {str(b): m for b, m in memory.items()},
     'peak_memory_bytes': max(memory.values()),
     'mean_memory_bytes': float(np.mean([memory[b] for b in schedule])),
-    **experiment_report.stability(records, warmup_steps=config.train.warmup_steps),
+    **report.stability(records, warmup_steps=config.train.warmup_steps),
     'validation_curve': [
       (r['step'], r['validation_bits_per_byte']) for r in records if 'validation_bits_per_byte' in r
     ],
-    'eval': report['results'],
+    'eval': evaluation['results'],
   }
-  train._write_atomically(os.path.join(workdir, 'run.json'), json.dumps(result, indent=2))
+  run_files.write_atomically(os.path.join(workdir, 'run.json'), json.dumps(result, indent=2))
   return result
 
 
-def _check_request(preset: str, strategies, steps: int, seeds, budgets_) -> None:
-  """Raises UserError for an unknown preset, strategy, variant or budget, or bad counts."""
+def _check_request(preset: str, runs, steps: int, seeds, budgets_) -> None:
+  """Raises UserError for an unknown preset, run, variant or budget, or bad counts."""
   if preset not in EXPERIMENT_PRESETS:
     raise errors.UserError(f'Unknown preset {preset!r}; choose one of {tuple(EXPERIMENT_PRESETS)}.')
-  if not strategies:
-    raise errors.UserError(f'--strategies is empty; choose from {",".join(STRATEGIES)}.')
-  for name in strategies:
+  if not runs:
+    raise errors.UserError(f'--runs is empty; choose from {",".join(config_lib.RUNS)}.')
+  for name in runs:
     base, *variants = name.split('+')
-    if base not in STRATEGIES:
+    if base not in config_lib.RUNS:
       raise errors.UserError(
-        f'--strategies={",".join(strategies)}: unknown strategy {base!r}; '
-        f'choose from {",".join(STRATEGIES)}.'
+        f'--runs={",".join(runs)}: unknown run {base!r}; choose from {",".join(config_lib.RUNS)}.'
       )
     for variant in variants:
       if variant not in VARIANTS:
         raise errors.UserError(
-          f'--strategies: unknown variant {variant!r} in {name!r}; choose from '
+          f'--runs: unknown variant {variant!r} in {name!r}; choose from '
           f'{",".join(VARIANTS)} (e.g. fixed_512+truncation).'
         )
   if steps < 0:
@@ -238,7 +232,7 @@ def run_experiment(
   preset: str,
   out: str,
   *,
-  strategies=STRATEGIES,
+  runs=config_lib.RUNS,
   seeds=(0,),
   budget=('steps',),
   budget_preset: str = '',
@@ -250,15 +244,15 @@ def run_experiment(
   report_only: bool = False,
   report_dir: str = '',
 ) -> str:
-  """Trains every strategy once per seed at each budget and writes the report into `out`.
+  """Trains every run once per seed at each budget and writes the report into `out`.
 
   Runs go budget by budget, then seed by seed, so an interrupted study has whole seeds first.
   `report_only` trains nothing: the report covers the runs already finished. The report goes
   to `report_dir` (default `out`), so several reports can share one set of runs.
   """
   budget = (budget,) if isinstance(budget, str) else tuple(budget)
-  strategies, seeds = tuple(strategies), tuple(int(s) for s in seeds)
-  _check_request(preset, strategies, steps, seeds, budget)
+  runs, seeds = tuple(runs), tuple(int(s) for s in seeds)
+  _check_request(preset, runs, steps, seeds, budget)
   if budget_preset and budget_preset not in EXPERIMENT_PRESETS:
     raise errors.UserError(
       f'Unknown --budget_preset {budget_preset!r}; choose one of {tuple(EXPERIMENT_PRESETS)}.'
@@ -272,7 +266,7 @@ def run_experiment(
     (b, run_config(name, preset, seed=seed, budget=b, budget_preset=budget_preset, **shared))
     for b in budget
     for seed in seeds
-    for name in strategies
+    for name in runs
   ]
   os.makedirs(out, exist_ok=True)
   results = []
@@ -287,112 +281,29 @@ def run_experiment(
     logging.info(
       '=== %s seed %d (%s budget): %d steps ===', config.name, config.seed, b, config.train.steps
     )
-    results.append({**run_strategy(config, run_dir(out, config)), 'budget': b})
+    results.append({**run_one(config, run_dir(out, config)), 'budget': b})
   if not results:
     raise errors.UserError(f'No finished run in {out} to report; run without --report_only.')
-  memory = _memory_by_bucket(preset, strategies, shared)
+  memory = _memory_by_bucket(preset, runs, shared)
   os.makedirs(report_dir or out, exist_ok=True)
-  markdown = experiment_report.write_report(
+  markdown = report.write_report(
     results, memory, report_dir or out, preset=preset, command=command, reference=REFERENCE
   )
   print(markdown)
   return markdown
 
 
-def _memory_by_bucket(preset: str, strategies, shared: dict) -> dict[str, list[tuple[int, int]]]:
+def _memory_by_bucket(preset: str, runs, shared: dict) -> dict[str, list[tuple[int, int]]]:
   """Compiled train-step memory of every bucket of the Perceiver AR config, and of each
   full-window model at its window: the memory plot and line of the report."""
   memory = {}
-  for name in strategies:
+  for name in runs:
     config = experiment_config(name.split('+')[0], preset, **shared)
     kind = config.model.type
     if kind in memory:
       continue
-    buckets = (
-      (config.model.max_context,)
-      if kind in config_lib.FULL_WINDOW_TYPES
-      else config.latents.buckets
-    )
-    memory[kind] = [(b, step_memory.cached_train_step_memory(config, b)) for b in buckets]
+    buckets = config.latents.buckets
+    if config_lib.scores_every_position(config):
+      buckets = (config.model.max_context,)
+    memory[kind] = [(b, step_cost.cached_train_step_memory(config, b)) for b in buckets]
   return memory
-
-
-FLAGS = flags.FLAGS
-
-
-# Config keys that this command sets from its own flags: user errors name the flag instead.
-_FLAG_FOR_KEY = {
-  '--config.data.path': '--data_path',
-  '--config.data.heldout_path': '--heldout_path',
-  '--config.eval.max_bytes': '--eval_max_bytes',
-}
-
-
-def main(argv):
-  del argv
-  metrics.quiet_orbax_logs()
-  try:
-    _run_from_flags()
-  except errors.UserError as e:
-    message = str(e)
-    for key, flag in _FLAG_FOR_KEY.items():
-      message = message.replace(key, flag)
-    raise errors.UserError(message) from e
-
-
-def _run_from_flags() -> None:
-  try:
-    seeds = tuple(int(s) for s in FLAGS.seeds)
-  except ValueError:
-    raise errors.UserError(
-      f'--seeds={",".join(FLAGS.seeds)}: seeds are integers, e.g. --seeds=0,1,2.'
-    ) from None
-  named = [
-    ('preset', FLAGS.preset),
-    ('out', FLAGS.out),
-    ('strategies', ','.join(FLAGS.strategies)),
-    ('seeds', ','.join(FLAGS.seeds)),
-    ('budget', ','.join(FLAGS.budget)),
-    ('budget_preset', FLAGS.budget_preset),
-    ('data_path', FLAGS.data_path),
-    ('heldout_path', FLAGS.heldout_path),
-    ('steps', FLAGS.steps),
-    ('eval_max_bytes', FLAGS.eval_max_bytes),
-  ]
-  run_experiment(
-    FLAGS.preset,
-    FLAGS.out,
-    strategies=tuple(FLAGS.strategies),
-    seeds=seeds,
-    budget=tuple(FLAGS.budget),
-    budget_preset=FLAGS.budget_preset,
-    steps=FLAGS.steps,
-    data_path=FLAGS.data_path,
-    heldout_path=FLAGS.heldout_path,
-    eval_max_bytes=FLAGS.eval_max_bytes,
-    report_only=FLAGS.report_only,
-    report_dir=FLAGS.report_dir,
-    command='python -m perceiver_ar_vl.experiments '
-    + ' '.join(f'--{k}={v}' for k, v in named if v),
-  )
-
-
-if __name__ == '__main__':
-  flags.DEFINE_enum('preset', 'smoke', list(EXPERIMENT_PRESETS), 'Scale of the comparison.')
-  flags.DEFINE_string('out', None, 'Output directory (runs, results.md, plots).')
-  flags.DEFINE_list(
-    'strategies', list(STRATEGIES), 'Runs to include; a name may add +latent_dropout/+truncation.'
-  )
-  flags.DEFINE_list('seeds', ['0'], 'Seeds: every run is trained once per seed.')
-  flags.DEFINE_list('budget', ['steps'], 'Equal budgets to compare at: steps, flops, seconds.')
-  flags.DEFINE_string(
-    'budget_preset', '', 'Preset of the reference run of flops/seconds budgets (default: --preset).'
-  )
-  flags.DEFINE_integer('steps', 0, 'Training steps of the reference (0 = the preset budget).')
-  flags.DEFINE_string('data_path', '', 'config.data.path for every run (text files, enwik8).')
-  flags.DEFINE_string('heldout_path', '', 'config.data.heldout_path (text_file validation/test).')
-  flags.DEFINE_integer('eval_max_bytes', 0, 'Bytes scored per split (0 = the preset default).')
-  flags.DEFINE_bool('report_only', False, 'Train nothing; report the runs already finished.')
-  flags.DEFINE_string('report_dir', '', 'Where results.md and the plots go (default: --out).')
-  flags.mark_flag_as_required('out')
-  errors.run(main)

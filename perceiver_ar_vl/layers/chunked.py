@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_ar_vl.masks import AttentionMask, allowed
-from perceiver_ar_vl.rotary import apply_rotary
+from perceiver_ar_vl.layers.masks import AttentionMask, allowed
+from perceiver_ar_vl.layers.rotary import apply_rotary
 
 DEFAULT_BLOCK_Q = 1024
 DEFAULT_BLOCK_K = 1024

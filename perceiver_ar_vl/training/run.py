@@ -1,7 +1,7 @@
-"""The training loop: optax AdamW, a pure jitted train_step per latent bucket, data parallel
+"""A training run: optax AdamW, a pure jitted train_step per latent bucket, data parallel
 over a Mesh, orbax checkpoints with exact resume, metrics, NaN guard, SIGTERM/SIGINT saves.
-The step itself and the host machinery that runs it (compiled steps, device batches, metric
-log, stop vote) live in `stepping`; this module strings them into a run.
+The step is `training.step`, the host machinery that runs it (compiled steps, device
+batches, metric log, stop vote) `training.host_loop`; this module strings them into a run.
 
 A step with N latents runs the train_step compiled for bucket B = bucket_for(N): N is a traced
 int32 argument, B a static shape, so a run compiles once per bucket it uses.
@@ -11,15 +11,14 @@ command ends with the same parameters, losses and validation bits as one never i
 resumes from the newest intact checkpoint (checkpoints.restore_newest_intact), draws the same
 data and dropout from (seed, step), drops the metric records of the steps it does again, and
 writes its small files atomically. On SIGTERM/SIGINT every process stops after the same step
-(_StopVote), saves it and exits 0.
+(`host_loop.StopVote`), saves it and exits 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,75 +33,21 @@ from perceiver_ar_vl import (
   errors,
   evaluate,
   latents,
-  metrics,
   parallel,
+  run_files,
+  train_state,
 )
-from perceiver_ar_vl import (
-  state as state_lib,
+from perceiver_ar_vl.models.base import LanguageModel
+from perceiver_ar_vl.train_state import TrainState
+from perceiver_ar_vl.training import metrics
+from perceiver_ar_vl.training.host_loop import (
+  CompiledSteps,
+  DeviceBatches,
+  DeviceInts,
+  MetricLog,
+  StopSignal,
+  StopVote,
 )
-from perceiver_ar_vl.stepping import (  # noqa: F401 (train_step, NonFiniteLossError: public here too)
-  NonFiniteLossError,
-  _CompiledSteps,
-  _DeviceBatches,
-  _DeviceInts,
-  _MetricLog,
-  _StopSignal,
-  _StopVote,
-  train_step,
-)
-
-
-def latent_count(config: ml_collections.ConfigDict, step: int) -> int:
-  """N at `step` from the configured strategy."""
-  return _latents_at(config, step)
-
-
-def _latents_at(config: ml_collections.ConfigDict, step: int) -> int:
-  """latent_count's computation (the bucket plan reads it directly, so that a test that
-  patches latent_count to act at one step acts only when the loop reaches that step)."""
-  lat = config.latents
-  return latents.num_latents_at(
-    step,
-    strategy=lat.strategy,
-    min_latents=lat.min,
-    max_latents=lat.max,
-    total_steps=config.train.steps,
-    seed=config.seed,
-    buckets=lat.buckets,
-    schedule=lat.schedule,
-    warmup_fraction=lat.warmup_fraction,
-  )
-
-
-def buckets_ahead(config: ml_collections.ConfigDict, start_step: int) -> list[int]:
-  """The buckets steps [start_step, train.steps) use, sorted: what a run compiles at start-up.
-
-  Stops reading the schedule once every bucket that [latents.min, latents.max] can reach has
-  appeared (a uniform run shows them all within a few steps; a curriculum reads ~1 us a step).
-  """
-  lat = config.latents
-  reachable = {latents.bucket_for(n, lat.buckets) for n in range(lat.min, lat.max + 1)}
-  used: set[int] = set()
-  for step in range(start_step, config.train.steps):
-    used.add(latents.bucket_for(_latents_at(config, step), lat.buckets))
-    if used == reachable:
-      break
-  return sorted(used)
-
-
-def _write_atomically(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename, so a kill mid-write
-  leaves the old file or the new one, never a truncated one."""
-  tmp = f'{path}.{os.getpid()}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    _write_atomically(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
 
 
 def validation_bits(config, model, params, dataset, mesh) -> float:
@@ -148,67 +93,34 @@ class _Run:
   """What the steps of one training invocation share."""
 
   config: ml_collections.ConfigDict
-  model: Any
+  model: LanguageModel
   mesh: Mesh
   dataset: data.ByteDataset
   mngr: Any  # orbax CheckpointManager
 
 
-def _resume_or_start(run: _Run, workdir: str) -> tuple[state_lib.TrainState, int]:
+def _resume_or_start(run: _Run, workdir: str) -> tuple[TrainState, int]:
   """(state, step) to train from: the newest intact checkpoint in `workdir`, or a fresh state
   at step 0 when it holds none. Checkpoints that exist but none of which restores raise
   CheckpointError: a fresh start would hide them under new ones."""
   if not run.mngr.all_steps():
-    return state_lib.create_train_state(run.config, run.model, run.mesh), 0
-  abstract_state = state_lib.abstract_train_state(run.config, run.model, run.mesh)
+    return train_state.create_train_state(run.config, run.model, run.mesh), 0
+  abstract_state = train_state.abstract_train_state(run.config, run.model, run.mesh)
   state, step = checkpoints.restore_newest_intact(run.mngr, abstract_state)
   logging.info('Resumed from step %d in %s.', step, workdir)
   return state, step
 
 
-def _drop_metrics_after(workdir: str, step: int) -> None:
-  """Drops the metrics.jsonl records of steps after `step`, and a last line cut short by a kill.
-
-  A run killed after its last checkpoint logged steps that the resumed run does again; without
-  this they would appear twice. Process 0 rewrites the file atomically.
-  """
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if jax.process_index() != 0 or not os.path.exists(path):
-    return
-  kept, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        dropped += 1
-        continue
-      if record.get('step', 0) > step:
-        dropped += 1
-      else:
-        kept.append(line if line.endswith('\n') else line + '\n')
-  if dropped:
-    _write_atomically(path, ''.join(kept))
-    logging.info('Dropped %d metric records after step %d from %s.', dropped, step, path)
-
-
-def _recorded_validation_bits(workdir: str, step: int) -> float | None:
-  """The validation bits per byte that metrics.jsonl holds for `step`, if any."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return None
-  bits = [
-    r['validation_bits_per_byte']
-    for r in metrics.read_jsonl(path)
-    if r.get('step') == step and 'validation_bits_per_byte' in r
-  ]
-  return bits[-1] if bits else None
-
-
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  after_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns a summary of this invocation.
+
+  `after_step(step)`, if given, is called on the host after each step is dispatched (step =
+  the number of steps done), before the stop vote: e.g. to send a signal at a chosen step.
 
   The summary holds 'start_step', 'final_step', 'compiles' ({bucket: traces}), 'buckets_used',
   'train_seconds' (wall-clock of every invocation on this workdir, summed) and, once the run
@@ -226,13 +138,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   _warn_unfinished_saves(workdir)
   mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints, remove_unfinished=True)
   run = _Run(config, model, mesh, dataset, mngr)
-  steps = _CompiledSteps(config, model, mesh, state_lib.make_optimizer(t)[1])
+  steps = CompiledSteps(config, model, mesh, train_state.make_optimizer(t)[1])
   writer = None
   try:
-    with _StopSignal() as stop:  # from here on, a signal ends in a checkpoint
+    with StopSignal() as stop:  # from here on, a signal ends in a checkpoint
       state, start_step = _resume_or_start(run, workdir)
-      _write_config(config, workdir)  # after a restore: a mismatched config leaves the old one
-      _drop_metrics_after(workdir, start_step)
+      run_files.write_config(
+        config, workdir
+      )  # after a restore: a mismatched config leaves the old one
+      run_files.drop_metrics_after(workdir, start_step)
       writer = metrics.MetricWriter(
         workdir, use_wandb=t.wandb, wandb_project=t.wandb_project, config=config.to_dict()
       )
@@ -240,8 +154,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       if start_step >= t.steps:
         logging.info('Run in %s already finished at step %d of %d.', workdir, start_step, t.steps)
       else:
-        log = _MetricLog(writer, config, workdir)
-        state, last_saved = _train_steps(run, state, start_step, steps, log, _StopVote(stop, mesh))
+        log = MetricLog(writer, config, workdir)
+        vote = StopVote(stop, mesh)
+        state, last_saved = _train_steps(run, state, start_step, steps, log, vote, after_step)
     summary = {'start_step': start_step, 'final_step': last_saved}
     if last_saved >= t.steps:
       summary['validation_bits'] = _final_validation(run, state.params, writer, workdir)
@@ -252,41 +167,44 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       writer.close()
   summary['compiles'] = dict(steps.compiles)
   summary['buckets_used'] = sorted(steps.compiles)
-  _write_summary(summary, workdir, time.perf_counter() - started)
+  run_files.write_summary(summary, workdir, time.perf_counter() - started)
   return summary
 
 
 def _train_steps(
   run: _Run,
-  state: state_lib.TrainState,
+  state: TrainState,
   start_step: int,
-  steps: _CompiledSteps,
-  log: _MetricLog,
-  vote: _StopVote,
-) -> tuple[state_lib.TrainState, int]:
+  steps: CompiledSteps,
+  log: MetricLog,
+  vote: StopVote,
+  after_step: Callable[[int], None] | None,
+) -> tuple[TrainState, int]:
   """Steps from `start_step` to train.steps, or to the step after which `vote` says stop;
   checkpoints every checkpoint_every steps, at the end and at a stop. Returns the state and
   the last step saved.
 
   The host never waits for the device between logs: the buckets are compiled before the first
-  step, batches reach the device ahead of their step (_DeviceBatches) and metrics are read
-  once per log_every steps (_MetricLog)."""
+  step, batches reach the device ahead of their step (DeviceBatches) and metrics are read
+  once per log_every steps (MetricLog)."""
   config, mesh = run.config, run.mesh
   t = config.train
   base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), parallel.replicated(mesh))
-  latent_counts = _DeviceInts(mesh)
+  latent_counts = DeviceInts(mesh)
   host_batches = run.dataset.train_batches(
     start_step, t.steps, t.batch_size, config.seed, jax.process_index(), jax.process_count()
   )
   last_saved = start_step
-  with _DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
-    steps.compile_ahead(buckets_ahead(config, start_step), state, base_rng)
+  with DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
+    steps.compile_ahead(latents.buckets_ahead(config, start_step), state, base_rng)
     for step in range(start_step, t.steps):
-      n = latent_count(config, step)
+      n = latents.latent_count(config, step)
       bucket = latents.bucket_for(n, config.latents.buckets)
       state, device_metrics = steps(bucket)(state, next(batches), latent_counts(n), base_rng)
       done = step + 1
       log.add(done, n, bucket, device_metrics)
+      if after_step is not None:
+        after_step(done)
       stop = vote.after_step()
       if done % t.log_every == 0:
         log.flush(last_saved)
@@ -307,24 +225,9 @@ def _final_validation(run: _Run, params, writer: metrics.MetricWriter, workdir: 
   """Validation bits per byte of the finished run: scored and written to the metrics once
   (a rerun of a run killed before it scored them scores them then)."""
   steps = run.config.train.steps
-  bits = _recorded_validation_bits(workdir, steps)
+  bits = run_files.recorded_validation_bits(workdir, steps)
   if bits is None:
     bits = validation_bits(run.config, run.model, params, run.dataset, run.mesh)
     writer.write(steps, {'validation_bits_per_byte': bits})
   logging.info('Validation bits per byte at step %d: %.4f', steps, bits)
   return bits
-
-
-def _write_summary(summary: dict[str, Any], workdir: str, seconds: float) -> None:
-  """Adds this invocation's wall-clock to the workdir's total and writes train_summary.json
-  (atomically; an unreadable old one counts as no time)."""
-  path = os.path.join(workdir, 'train_summary.json')
-  previous = 0.0
-  try:
-    with open(path) as f:
-      previous = float(json.load(f).get('train_seconds', 0.0))
-  except (OSError, ValueError, AttributeError):
-    pass
-  summary['train_seconds'] = previous + seconds
-  if jax.process_index() == 0:
-    _write_atomically(path, json.dumps(summary, indent=2))

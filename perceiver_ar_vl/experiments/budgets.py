@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 import ml_collections
 
-from perceiver_ar_vl import errors, flops, latents, step_memory, train
+from perceiver_ar_vl import errors, latents
+from perceiver_ar_vl.experiments import flops, step_cost
 
 BUDGETS = ('steps', 'flops', 'seconds')
 
@@ -31,7 +32,7 @@ def bucket_schedule(config: ml_collections.ConfigDict, steps: int | None = None)
   if steps is not None:
     c.train.steps = steps
   return [
-    latents.bucket_for(train.latent_count(c, step), c.latents.buckets)
+    latents.bucket_for(latents.latent_count(c, step), c.latents.buckets)
     for step in range(c.train.steps)
   ]
 
@@ -88,8 +89,8 @@ def seconds_cost(config: ml_collections.ConfigDict, repeats: int = 5) -> BucketC
 def measure_step_seconds(config: ml_collections.ConfigDict, bucket: int, repeats: int = 5) -> float:
   """Median wall-clock of `repeats` train steps of `config` at `bucket` on this machine
   (a random batch; the compile and one warm-up step are not timed)."""
-  step, _ = step_memory.compiled_train_step(config, bucket)
-  return step_memory.median_step_seconds(step, repeats)
+  step, _ = step_cost.compiled_train_step(config, bucket)
+  return step_cost.median_step_seconds(step, repeats)
 
 
 def bucket_cost(budget: str, config: ml_collections.ConfigDict) -> BucketCost:

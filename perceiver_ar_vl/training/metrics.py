@@ -63,12 +63,6 @@ class MetricWriter:
       self._wandb.finish()
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """The records of a `metrics.jsonl` file, in order."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def format_duration(seconds: float) -> str:
   if not math.isfinite(seconds):
     return '?'

@@ -12,7 +12,7 @@ Kernels (`model.attention_impl`):
   * ``'chunked'`` — memory-efficient attention (Rabe & Staats 2021; the FlashAttention-2
     loop order): an online softmax over key blocks, one query block at a time, with a
     `custom_vjp` whose backward recomputes each block's scores from the saved log-sum-exp.
-    Memory O(S * block) instead of O(S * T); see `chunked_attention.py`.
+    Memory O(S * block) instead of O(S * T); see `layers/chunked.py`.
   * ``'auto'``    — `select_impl` picks one of the above per backend and shape.
 """
 
@@ -24,12 +24,9 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from perceiver_ar_vl.choices import ATTENTION_IMPLS  # noqa: F401 (re-exported)
-from perceiver_ar_vl.chunked_attention import (  # noqa: F401 (re-exported)
-  chunked_attention,
-  projected_chunked_attention,
-)
-from perceiver_ar_vl.masks import AttentionMask, causal_mask  # noqa: F401 (re-exported)
+from perceiver_ar_vl.config_choices import ATTENTION_IMPLS
+from perceiver_ar_vl.layers.chunked import chunked_attention
+from perceiver_ar_vl.layers.masks import AttentionMask
 
 AttentionImpl = Literal['auto', 'einsum', 'xla', 'cudnn', 'chunked']
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, parallel, stepping
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import config_lib, parallel, train_state
+from perceiver_ar_vl.training.step import bucket_step
 
 
 def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
@@ -23,11 +23,11 @@ def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
   compiled memory analysis, without donation)."""
   model = config_lib.create_model(config)
   mesh = parallel.make_mesh()
-  abstract_state = state_lib.abstract_train_state(config, model, mesh)
-  _, schedule = state_lib.make_optimizer(config.train)
+  abstract_state = train_state.abstract_train_state(config, model, mesh)
+  _, schedule = train_state.make_optimizer(config.train)
   batch = jax.ShapeDtypeStruct((config.train.batch_size, config.model.max_context + 1), jnp.int32)
 
-  step = stepping.bucket_step(config, model, bucket, schedule)
+  step = bucket_step(config, model, bucket, schedule)
   rng = jax.random.PRNGKey(0)
 
   compiled = jax.jit(step).lower(abstract_state, batch, jnp.int32(bucket), rng).compile()
@@ -73,10 +73,10 @@ def compiled_train_step(
   if impl is not None:
     config.model.attention_impl = impl
   model = config_lib.create_model(config)
-  state = state_lib.create_train_state(config, model, parallel.make_mesh())
-  _, schedule = state_lib.make_optimizer(config.train)
+  state = train_state.create_train_state(config, model, parallel.make_mesh())
+  _, schedule = train_state.make_optimizer(config.train)
 
-  step_fn = stepping.bucket_step(config, model, bucket, schedule)
+  step_fn = bucket_step(config, model, bucket, schedule)
   rng = jax.random.PRNGKey(0)
 
   shape = (config.train.batch_size, config.model.max_context + 1)

@@ -1,0 +1,32 @@
+"""Perceiver AR, latent strategy 'curriculum' with the stepwise schedule: N climbs from 64 to
+512 bucket by bucket over the first half of training, equal time on each stage.
+
+Run (seed experiment, GPU; enwik8 is downloaded once, or pass --config.data.path=enwik8.zip):
+  python launch.py --config=configs/curriculum_stepwise.py --workdir=/tmp/curriculum_stepwise
+Smoke (tiny model, synthetic copy task, under 2 minutes on a 2-core CPU):
+  python launch.py --config=configs/curriculum_stepwise.py:smoke \
+    --workdir=/tmp/stepwise_smoke
+CPU on real text:
+  python launch.py --config=configs/curriculum_stepwise.py:cpu --workdir=/tmp/stepwise_cpu \
+    --config.data.path=FILE
+
+Presets (`:arg`, config_lib.PRESET_SETTINGS): none or `:gpu` is the seed experiment (enwik8,
+window 1024, 6 layers, d_model 512, batch 32, bf16); `:cpu` a 4-layer d_model 128 model with a
+256-byte window for 2000 steps on a text file; `:cpu_long` the same with a 4096-byte window;
+`:smoke` a 2-layer d_model 64 model, window 128, 800 steps on the synthetic copy task. Latent
+counts below are in seed units (window 1024): shorter windows scale them (docs/model.md).
+"""
+
+from perceiver_ar_vl import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.make_config(
+    arg,
+    name='curriculum_stepwise',
+    model_type='perceiver_ar',  # config_choices.MODEL_TYPES
+    strategy='curriculum',  # N grows from min to max over latents.warmup_fraction of training
+    min_latents=64,  # latents.min, seed units
+    max_latents=512,  # latents.max, seed units
+    schedule='stepwise',  # curriculum shape: linear | stepwise
+  )
