@@ -1,5 +1,7 @@
-"""Tests for perceiver_ar_vl/data.py and its tfds builders (perceiver_ar_vl/byte_datasets.py)."""
+"""Tests for perceiver_ar_vl/data: make_dataset (datasets.py), the copy task, the byte
+sources (sources.py) and the tfds builders (builders.py)."""
 
+import dataclasses
 import hashlib
 import shutil
 import urllib.error
@@ -9,13 +11,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import byte_datasets, data
+from perceiver_ar_vl import data
+from perceiver_ar_vl.config_choices import SPLITS
+from perceiver_ar_vl.data import builders, sources
 
-
-@pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-  # Records of 1000 bytes, so the small test files span many records and crops cross them.
-  monkeypatch.setattr(byte_datasets, 'CHUNK_BYTES', 1000)
+# Records of 1000 bytes, so the small test files span many records and crops cross them.
+RECORD_BYTES = 1000
 
 
 def _write(path, num_bytes, seed):
@@ -30,6 +31,7 @@ def _text_config(tmp_path, path, heldout=''):
     'path': str(path),
     'heldout_path': str(heldout),
     'data_dir': str(tmp_path / 'tfds'),
+    'record_bytes': RECORD_BYTES,
   }
 
 
@@ -40,7 +42,7 @@ def _is_substring(row, content):
 def test_text_file_splits_are_90_5_5_slices_of_the_file(tmp_path):
   content = _write(tmp_path / 'book.txt', 20_000, seed=0)
   ds = data.make_dataset(_text_config(tmp_path, tmp_path / 'book.txt'), window=65)
-  assert [ds.num_bytes(s) for s in data.SPLITS] == [18_000, 1_000, 1_000]
+  assert [ds.num_bytes(s) for s in SPLITS] == [18_000, 1_000, 1_000]
   assert ds.split_bytes('train').tobytes() == content[:18_000]
   assert ds.split_bytes('validation').tobytes() == content[18_000:19_000]
   assert ds.split_bytes('test').tobytes() == content[19_000:]
@@ -63,7 +65,7 @@ def test_comma_separated_paths_concatenate_in_order(tmp_path):
   paths = ', '.join(str(tmp_path / f'{i}.txt') for i in range(3))
   ds = data.make_dataset(_text_config(tmp_path, paths), 33)
   whole = b''.join(parts)
-  train, valid, _ = byte_datasets.text_split_sizes(len(whole))
+  train, valid, _ = sources.text_split_sizes(len(whole))
   assert ds.split_bytes('train').tobytes() == whole[:train]
   assert ds.split_bytes('validation').tobytes() == whole[train : train + valid]
 
@@ -151,50 +153,65 @@ def test_prefetched_train_batches_equal_train_batch(tmp_path):
     np.testing.assert_array_equal(batch, ds.train_batch(step, 4, 1, 1, 2))
 
 
-def test_prepared_files_are_reused_and_keyed_by_content(tmp_path, monkeypatch):
+def _prepared_files(tmp_path):
+  """{path: modification time} of every prepared array_record file under tmp_path/tfds."""
+  return {str(p): p.stat().st_mtime_ns for p in (tmp_path / 'tfds').rglob('*.array_record*')}
+
+
+def test_prepared_files_are_reused_and_keyed_by_content(tmp_path):
   path = tmp_path / 'a.txt'
   _write(path, 20_000, seed=0)
   data.make_dataset(_text_config(tmp_path, path), 65)
-
-  def fail(*args, **kwargs):
-    raise AssertionError('prepared again')
-
-  monkeypatch.setattr(byte_datasets.ByteFile, '_generate_examples', fail)
+  prepared = _prepared_files(tmp_path)
+  assert prepared
   reused = data.make_dataset(_text_config(tmp_path, path), 65)  # must not regenerate
   assert reused.num_bytes('train') == 18_000
+  assert _prepared_files(tmp_path) == prepared  # the same files, not rewritten
   new_content = _write(path, 30_000, seed=1)  # same path, new content -> new prepared copy
-  with pytest.raises(AssertionError, match='prepared again'):
-    data.make_dataset(_text_config(tmp_path, path), 65)
-  monkeypatch.undo()
-  monkeypatch.setattr(byte_datasets, 'CHUNK_BYTES', 1000)
   changed = data.make_dataset(_text_config(tmp_path, path), 65)
   assert changed.split_bytes('train').tobytes() == new_content[:27_000]
+  after = _prepared_files(tmp_path)
+  assert set(prepared) < set(after)  # a second copy next to the first, which is untouched
+  assert all(after[p] == t for p, t in prepared.items())
+  other_records = data.make_dataset({**_text_config(tmp_path, path), 'record_bytes': 500}, 65)
+  assert other_records.builder.builder_config.chunk_bytes == 500  # a third prepared copy
+  np.testing.assert_array_equal(other_records.split_bytes('train'), changed.split_bytes('train'))
 
 
 # ----------------------------------------------------------------------------- enwik8
 
 
 @pytest.fixture
-def small_enwik8(tmp_path, monkeypatch):
-  """A 10,000-byte stand-in for enwik8 (split 9000 / 500 / 500), as `enwik8.zip`."""
-  monkeypatch.setattr(byte_datasets, 'ENWIK8_SPLIT_BYTES', (9_000, 500, 500))
+def small_enwik8(tmp_path):
+  """A 10,000-byte stand-in for enwik8 (split 9000 / 500 / 500), as `enwik8.zip`, and the
+  spec that describes it (its SHA-1; fetching copies the archive, as a download would)."""
   content = _write(tmp_path / 'enwik8', 10_000, seed=8)
   archive = tmp_path / 'archive' / 'enwik8.zip'
   archive.parent.mkdir()
   with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED) as z:
     z.write(tmp_path / 'enwik8', 'enwik8')
-  return content, archive
+  spec = sources.Enwik8Spec(
+    sha1=hashlib.sha1(content).hexdigest(),
+    split_bytes=(9_000, 500, 500),
+    fetch=lambda url, dest: shutil.copy(archive, dest),
+  )
+  return content, archive, spec
 
 
 def _enwik8_config(tmp_path, path):
-  return {'name': 'enwik8', 'path': str(path), 'data_dir': str(tmp_path / 'tfds')}
+  return {
+    'name': 'enwik8',
+    'path': str(path),
+    'data_dir': str(tmp_path / 'tfds'),
+    'record_bytes': RECORD_BYTES,
+  }
 
 
 def test_enwik8_builder_reads_the_archive_and_the_raw_file(tmp_path, small_enwik8):
-  content, archive = small_enwik8
+  content, archive, spec = small_enwik8
   for i, path in enumerate([archive, tmp_path / 'enwik8']):
-    config = {'name': 'enwik8', 'path': str(path), 'data_dir': str(tmp_path / f'tfds{i}')}
-    ds = data.make_dataset(config, window=129)
+    config = {**_enwik8_config(tmp_path, path), 'data_dir': str(tmp_path / f'tfds{i}')}
+    ds = data.make_dataset(config, window=129, enwik8=spec)
     assert ds.split_bytes('train').tobytes() == content[:9_000]
     assert ds.split_bytes('validation').tobytes() == content[9_000:9_500]
     assert ds.split_bytes('test').tobytes() == content[9_500:]
@@ -204,54 +221,54 @@ def test_enwik8_builder_reads_the_archive_and_the_raw_file(tmp_path, small_enwik
 
 
 def test_enwik8_rejects_corrupt_or_unknown_archives(tmp_path, small_enwik8):
-  _, archive = small_enwik8
+  _, archive, spec = small_enwik8
   corrupt = tmp_path / 'bad' / 'enwik8.zip'
   corrupt.parent.mkdir()
   corrupt.write_bytes(archive.read_bytes()[:100])
-  with pytest.raises(byte_datasets.SourceError, match='not a valid zip'):
-    data.make_dataset(_enwik8_config(tmp_path, corrupt), 129)
+  with pytest.raises(sources.SourceError, match='not a valid zip'):
+    data.make_dataset(_enwik8_config(tmp_path, corrupt), 129, enwik8=spec)
   other = tmp_path / 'other.zip'
   with zipfile.ZipFile(other, 'w') as z:
     z.writestr('enwik9', b'x' * 10_000)
-  with pytest.raises(byte_datasets.SourceError, match="without a member 'enwik8'"):
-    data.make_dataset(_enwik8_config(tmp_path, other), 129)
+  with pytest.raises(sources.SourceError, match="without a member 'enwik8'"):
+    data.make_dataset(_enwik8_config(tmp_path, other), 129, enwik8=spec)
   short = tmp_path / 'enwik8_short'
   short.write_bytes(b'x' * 9_999)
-  with pytest.raises(byte_datasets.SourceError, match='expected 10,000'):
-    data.make_dataset(_enwik8_config(tmp_path, short), 129)
+  with pytest.raises(sources.SourceError, match='expected 10,000'):
+    data.make_dataset(_enwik8_config(tmp_path, short), 129, enwik8=spec)
   with pytest.raises(FileNotFoundError, match=r'data\.path'):
-    data.make_dataset(_enwik8_config(tmp_path, tmp_path / 'absent.zip'), 129)
+    data.make_dataset(_enwik8_config(tmp_path, tmp_path / 'absent.zip'), 129, enwik8=spec)
 
 
-def test_enwik8_offline_without_path_says_how_to_pass_it(tmp_path, small_enwik8, monkeypatch):
+def test_enwik8_offline_without_path_says_how_to_pass_it(tmp_path, small_enwik8):
   def offline(url, dest):
     raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
 
-  monkeypatch.setattr(byte_datasets, '_fetch_url', offline)
+  spec = dataclasses.replace(small_enwik8[2], fetch=offline)
   with pytest.raises(
-    byte_datasets.DownloadError,
+    sources.DownloadError,
     match=r'could not download .*--config\.data\.path=/path/to/enwik8\.zip',
   ):
-    data.make_dataset(_enwik8_config(tmp_path, ''), 129)
+    data.make_dataset(_enwik8_config(tmp_path, ''), 129, enwik8=spec)
 
 
-def test_enwik8_download_is_checksum_verified(tmp_path, small_enwik8, monkeypatch):
-  content, archive = small_enwik8
-  monkeypatch.setattr(byte_datasets, '_fetch_url', lambda url, dest: shutil.copy(archive, dest))
-  monkeypatch.setattr(byte_datasets, 'ENWIK8_SHA1', '0' * 40)
-  with pytest.raises(byte_datasets.DownloadError, match='checksum'):
-    data.make_dataset(_enwik8_config(tmp_path, ''), 129)
+def test_enwik8_download_is_checksum_verified(tmp_path, small_enwik8):
+  content, _, spec = small_enwik8
+  with pytest.raises(sources.DownloadError, match='checksum'):
+    data.make_dataset(
+      _enwik8_config(tmp_path, ''), 129, enwik8=dataclasses.replace(spec, sha1='0' * 40)
+    )
   assert not (tmp_path / 'tfds' / 'downloads' / 'enwik8.zip').exists()  # bad file removed
-  monkeypatch.setattr(byte_datasets, 'ENWIK8_SHA1', hashlib.sha1(content).hexdigest())
-  ds = data.make_dataset(_enwik8_config(tmp_path, ''), 129)
+  ds = data.make_dataset(_enwik8_config(tmp_path, ''), 129, enwik8=spec)
   assert ds.split_bytes('test').tobytes() == content[9_500:]
   assert (tmp_path / 'tfds' / 'downloads' / 'enwik8.zip').exists()
 
 
 def test_standard_enwik8_config_checks_the_published_checksum():
-  config = byte_datasets.enwik8_config((90_000_000, 5_000_000, 5_000_000), 64 * 1024)
-  assert config.name == 'standard' and config.sha1 == byte_datasets.ENWIK8_SHA1
-  assert byte_datasets.text_split_sizes(100_000_000) == (90_000_000, 5_000_000, 5_000_000)
+  config = builders.enwik8_config((90_000_000, 5_000_000, 5_000_000), 64 * 1024)
+  assert config.name == 'standard' and config.sha1 == sources.ENWIK8_SHA1
+  assert sources.STANDARD_ENWIK8.size == 100_000_000 and sources.STANDARD_ENWIK8.standard
+  assert sources.text_split_sizes(100_000_000) == (90_000_000, 5_000_000, 5_000_000)
 
 
 # ----------------------------------------------------------------------------- copy task
