@@ -231,6 +231,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     1,
   )
   _at_least(t, 'train', ('keep_checkpoints',), 1)
+  _at_least(config.data, 'data', ('record_bytes',), 1)
+  _at_least(config.data, 'data', ('in_memory_bytes', 'copy_length'), 0)
   if not isinstance(t.fsdp, bool):
     raise errors.UserError(
       f'train.fsdp={t.fsdp!r} must be True or False (--config.train.fsdp=True shards '
