@@ -14,11 +14,8 @@ byte fall from ~4.5 to ~2.3 and validation reaches ~2.15 bits per byte (the copy
 trains 2000 steps in ~10 min, training bits per byte fall from 8.0 to ~2.0 and validation (the
 held-out book) from 3.85 at step 250 to ~3.28. The GPU preset is not measured yet.
 
-Presets (`:arg`, config_lib.PRESET_SETTINGS): none or `:gpu` is the seed experiment (enwik8,
-window 1024, 6 layers, d_model 512, batch 32, bf16); `:cpu` a 4-layer d_model 128 model with a
-256-byte window for 2000 steps on a text file; `:cpu_long` the same with a 4096-byte window;
-`:smoke` a 2-layer d_model 64 model, window 128, 800 steps on the synthetic copy task. Latent
-counts below are in seed units (window 1024): shorter windows scale them (docs/model.md).
+Presets (`:smoke`, `:cpu`, `:cpu_long`, none = `:gpu`): perceiver_ar_vl/config_defaults.py
+(PRESET_SETTINGS) and the README's table. Latent counts are in seed units (window 1024).
 """
 
 from perceiver_ar_vl import config_lib

@@ -11,11 +11,8 @@ CPU on real text (about 15 minutes on 2 cores):
 Expected: docs/results.md holds the measured figures of this strategy at the `cpu` preset
 (2026-11-23); the GPU preset is not measured yet.
 
-Presets (`:arg`, config_lib.PRESET_SETTINGS): none or `:gpu` is the seed experiment (enwik8,
-window 1024, 6 layers, d_model 512, batch 32, bf16); `:cpu` a 4-layer d_model 128 model with a
-256-byte window for 2000 steps on a text file; `:cpu_long` the same with a 4096-byte window;
-`:smoke` a 2-layer d_model 64 model, window 128, 800 steps on the synthetic copy task. Latent
-counts below are in seed units (window 1024): shorter windows scale them (docs/model.md).
+Presets (`:smoke`, `:cpu`, `:cpu_long`, none = `:gpu`): perceiver_ar_vl/config_defaults.py
+(PRESET_SETTINGS) and the README's table. Latent counts are in seed units (window 1024).
 """
 
 from perceiver_ar_vl import config_lib

@@ -48,10 +48,7 @@ FLAG_FOR_KEY = {
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise errors.UserError(
-      f'unexpected argument {argv[1]!r}: every setting is a flag, e.g. --runs=fixed_512,uniform.'
-    )
+  del argv  # errors.run refuses positional arguments
   from perceiver_ar_vl.training import metrics  # noqa: PLC0415 (imports JAX: after the flags)
 
   metrics.quiet_orbax_logs()
