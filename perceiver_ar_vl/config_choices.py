@@ -43,13 +43,14 @@ MODEL_TYPES = {
 # model.*
 ACTIVATIONS = ('gelu', 'relu', 'sq_relu')  # layers.blocks maps them to functions
 ATTENTION_IMPLS = ('auto', 'einsum', 'xla', 'cudnn', 'chunked')  # layers.kernels
-POSITION_ENCODINGS = ('rotary', 'absolute')
+POSITION_ENCODINGS = ('rotary', 'absolute', 'sinusoidal')  # absolute: a learned table
+ROTARY_CONVENTIONS = ('half', 'interleaved')  # layers.rotary: ours, the original's
 REMAT_NAMES = ('none', 'block', 'dots')  # models.base.REMAT_POLICIES
 DTYPES = ('float32', 'bfloat16')
 
 # latents.*
 STRATEGIES = ('fixed', 'uniform', 'curriculum')  # latents.num_latents_at
-SCHEDULES = ('linear', 'stepwise')  # curriculum shapes
+SCHEDULES = ('linear', 'stepwise', 'staircase')  # curriculum shapes
 
 # data.*
 DATA_NAMES = ('enwik8', 'text_file', 'copy')
@@ -69,6 +70,7 @@ CHOICES = {
   'model.activation': ACTIVATIONS,
   'model.attention_impl': ATTENTION_IMPLS,
   'model.position_encoding': POSITION_ENCODINGS,
+  'model.rotary_convention': ROTARY_CONVENTIONS,
   'model.remat': REMAT_NAMES,
   'model.dtype': DTYPES,
   'latents.strategy': STRATEGIES,

@@ -30,9 +30,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.cross_attend_dropout = 0.0  # prefix keys dropped from the cross-attend (training)
   c.model.latent_dropout = 0.0  # active latents dropped as latent-layer keys (training)
   c.model.activation = 'gelu'  # gelu | relu | sq_relu
-  c.model.position_encoding = 'rotary'  # rotary | absolute
+  c.model.position_encoding = 'rotary'  # rotary | absolute (learned) | sinusoidal (fixed)
   c.model.rotary_fraction = 0.5  # share of each head's channels that rotate
-  c.model.max_wavelength = 10_000.0  # rotary: the longest wavelength, in positions
+  c.model.max_wavelength = 10_000.0  # rotary: the longest wavelength; >= the window
+  # rotary: 'half' rotates channel pairs (i, i + R/2) at W^(-i/(R/2)) (ours); 'interleaved'
+  # pairs (2i, 2i + 1) at W^(-i/(R/2 - 1)), as google-research/perceiver-ar does.
+  c.model.rotary_convention = 'half'
+  c.model.layer_norm_epsilon = 1e-6  # every LayerNorm; the original (Haiku) uses 1e-5
+  # Perceiver AR's cross-attend: the original's z_linear (a Linear with bias on the latents'
+  # query embeddings, also their residual), its own head count and MLP width (0 = as the
+  # latent layers).
+  c.model.latent_query_projection = False
+  c.model.num_cross_attend_heads = 0
+  c.model.cross_attend_mlp_dim = 0
   c.model.attention_impl = 'auto'  # auto | einsum | xla | cudnn | chunked
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
   c.model.remat = 'none'  # none | block | dots: recompute activations in the backward pass
@@ -48,8 +58,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.latents.min = 64  # uniform / curriculum: the smallest N
   c.latents.max = 512  # the largest N (fixed: N itself); at most the window
   c.latents.buckets = (32, 64, 128, 256, 512, 1024)  # static shapes: one compile each
-  c.latents.schedule = 'linear'  # curriculum: linear | stepwise
-  c.latents.warmup_fraction = 0.5  # curriculum: fraction of training spent growing N
+  c.latents.schedule = 'linear'  # curriculum: linear | stepwise | staircase
+  c.latents.warmup_fraction = 0.5  # curriculum linear/stepwise: fraction of training growing N
+  # curriculum staircase (the seed project's): N = min(max, min + stair_size * floor(step /
+  # (steps / stairs))) over the whole run; stair_size is in seed units, as min and max.
+  c.latents.stair_size = 32
+  c.latents.stairs = 14
 
   c.data = ml_collections.ConfigDict(dict(data.DEFAULTS))  # keys: data/datasets.py
 

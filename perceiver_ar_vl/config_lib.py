@@ -57,6 +57,7 @@ def _scale_latents(c: ml_collections.ConfigDict, window: int) -> None:
   factor = window / SEED_WINDOW
   scale = lambda n: max(1, int(round(n * factor)))
   c.latents.min, c.latents.max = scale(c.latents.min), scale(c.latents.max)
+  c.latents.stair_size = scale(c.latents.stair_size)
   c.latents.buckets = tuple(sorted({scale(b) for b in c.latents.buckets}))
   c.model.ecp_segment_length = scale(c.model.ecp_segment_length)
 
@@ -82,6 +83,8 @@ def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collect
     if preset == 'cpu_long' and not scores_every_position(c):
       window = PRESET_SETTINGS['cpu']['model']['max_context']
     _scale_latents(c, window)
+  # Rotary angles repeat after max_wavelength positions: a long window takes it along.
+  c.model.max_wavelength = max(c.model.max_wavelength, float(c.model.max_context))
   return c
 
 
@@ -139,6 +142,8 @@ def create_model(config: ml_collections.ConfigDict) -> LanguageModel:
     position_encoding=m.position_encoding,
     rotary_fraction=m.rotary_fraction,
     max_wavelength=m.max_wavelength,
+    rotary_convention=m.rotary_convention,
+    layer_norm_epsilon=m.layer_norm_epsilon,
     attention_impl=m.attention_impl,
     dtype=jnp.dtype(m.dtype),
     remat=m.remat,
@@ -202,6 +207,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise errors.UserError(f'eval.splits holds {split!r}; choose from {config_choices.SPLITS}.')
   _at_least(m, 'model', ('num_layers', 'num_heads', 'd_model', 'mlp_dim'), 1)
   _at_least(m, 'model', ('max_context',), 2)
+  if m.position_encoding == 'rotary' and m.max_wavelength < m.max_context:
+    raise errors.UserError(
+      f'model.max_wavelength={m.max_wavelength:g} is shorter than the window '
+      f'model.max_context={m.max_context}: rotary positions further apart than a wavelength '
+      f'look alike; set --config.model.max_wavelength={float(m.max_context):g} or more.'
+    )
+  if not m.layer_norm_epsilon > 0:
+    raise errors.UserError(f'model.layer_norm_epsilon={m.layer_norm_epsilon} must be > 0.')
+  cross_heads = m.num_cross_attend_heads or m.num_heads
+  if m.num_cross_attend_heads < 0 or m.d_model % cross_heads:
+    raise errors.UserError(
+      f'model.num_cross_attend_heads={m.num_cross_attend_heads} must be 0 (= num_heads) or '
+      f'divide model.d_model={m.d_model}.'
+    )
+  _at_least(m, 'model', ('cross_attend_mlp_dim',), 0)
   if m.d_model % m.num_heads:
     raise errors.UserError(
       f'model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.'
@@ -232,6 +252,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   )
   _at_least(t, 'train', ('keep_checkpoints',), 1)
   _at_least(config.data, 'data', ('record_bytes',), 1)
+  _at_least(lat, 'latents', ('stair_size', 'stairs'), 1)
   _at_least(config.data, 'data', ('in_memory_bytes', 'copy_length'), 0)
   if not isinstance(t.fsdp, bool):
     raise errors.UserError(

@@ -8,8 +8,11 @@ Strategies (config.latents.strategy) map a training step to N, deterministically
 (seed, step) so a resumed run draws the same N as the uninterrupted one:
   * fixed       N = latents.max;
   * uniform     N ~ U[latents.min, latents.max], one draw per step from a seeded stream;
-  * curriculum  N grows from latents.min to latents.max over `warmup_fraction` of training,
-                `schedule` = 'linear' (every integer) or 'stepwise' (bucket by bucket).
+  * curriculum  N grows from latents.min to latents.max: over `warmup_fraction` of training
+                with `schedule` = 'linear' (every integer) or 'stepwise' (bucket by bucket),
+                or with 'staircase' (the seed project's recipe) in `stairs` equal stages of
+                the whole run, `stair_size` latents a stage:
+                N = min(max, min + stair_size * floor(step / (total_steps / stairs))).
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ def num_latents_at(
   buckets: Sequence[int] = (),
   schedule: str = 'linear',
   warmup_fraction: float = 0.5,
+  stair_size: int = 32,
+  stairs: int = 14,
 ) -> int:
   """N for training step `step` (a pure function of its arguments)."""
   if strategy == 'fixed':
@@ -124,6 +129,9 @@ def num_latents_at(
   if strategy == 'uniform':
     rng = np.random.default_rng([seed, step, 0x6C61])  # one independent stream per step
     return int(rng.integers(min_latents, max_latents + 1))
+  if strategy == 'curriculum' and schedule == 'staircase':
+    stair = int(step // (total_steps / stairs))
+    return int(min(max_latents, min_latents + stair_size * stair))
   if strategy == 'curriculum':
     ramp_steps = max(1, int(round(warmup_fraction * total_steps)))
     progress = min(1.0, step / ramp_steps)
@@ -152,6 +160,8 @@ def latent_count(config: Any, step: int) -> int:
     buckets=lat.buckets,
     schedule=lat.schedule,
     warmup_fraction=lat.warmup_fraction,
+    stair_size=lat.stair_size,
+    stairs=lat.stairs,
   )
 
 

@@ -45,7 +45,9 @@ def forward_flops(model: LanguageModel, bucket: int, batch: int = 1) -> int:
   every position ignore it): its attention layers plus the head over its last layer's queries."""
   shapes = model.attention_shapes(bucket)
   layers = sum(
-    attention_layer_flops(s.queries, s.keys, model.d_model, model.mlp_dim, s.keys_per_query)
+    attention_layer_flops(
+      s.queries, s.keys, model.d_model, s.mlp_dim or model.mlp_dim, s.keys_per_query
+    )
     for s in shapes
   )
   return batch * (layers + 2 * shapes[-1].queries * model.d_model * model.vocab_size)

@@ -33,6 +33,7 @@ class MultiHeadAttention(nn.Module):
   d_model: int
   rotary_fraction: float = 0.5
   max_wavelength: float = 10_000.0
+  rotary_convention: str = 'half'  # or 'interleaved' (layers.rotary)
   use_rotary: bool = True
   attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
@@ -59,7 +60,9 @@ class MultiHeadAttention(nn.Module):
   def _rotate(self, x_BxTxHxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     if not self.use_rotary:
       return x_BxTxHxK
-    return apply_rotary(x_BxTxHxK, positions_BxT, self.rotary_fraction, self.max_wavelength)
+    return apply_rotary(
+      x_BxTxHxK, positions_BxT, self.rotary_fraction, self.max_wavelength, self.rotary_convention
+    )
 
   def queries(self, x_BxSxD: jax.Array, positions_BxS: jax.Array) -> jax.Array:
     """Rotated queries [B, S, H, K]."""

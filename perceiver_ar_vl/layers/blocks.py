@@ -55,29 +55,33 @@ class AttentionBlock(nn.Module):
   activation: str = 'gelu'
   rotary_fraction: float = 0.5
   max_wavelength: float = 10_000.0
+  rotary_convention: str = 'half'
   use_rotary: bool = True
   attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
   shared_kv: bool = False  # see MultiHeadAttention
   segment0_out: bool = False
+  layer_norm_epsilon: float = 1e-6
 
   def setup(self):
-    self.ln_q = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)
-    self.ln_kv = (
-      nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32) if self.cross else self.ln_q
+    layer_norm = lambda: nn.LayerNorm(
+      epsilon=self.layer_norm_epsilon, dtype=self.dtype, param_dtype=jnp.float32
     )
+    self.ln_q = layer_norm()
+    self.ln_kv = layer_norm() if self.cross else self.ln_q
     self.attention = MultiHeadAttention(
       num_heads=self.num_heads,
       d_model=self.d_model,
       rotary_fraction=self.rotary_fraction,
       max_wavelength=self.max_wavelength,
+      rotary_convention=self.rotary_convention,
       use_rotary=self.use_rotary,
       attention_impl=self.attention_impl,
       dtype=self.dtype,
       shared_kv=self.shared_kv,
       segment0_out=self.segment0_out,
     )
-    self.ln_mlp = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32)
+    self.ln_mlp = layer_norm()
     self.mlp = MLP(self.mlp_dim, self.activation, self.dtype)
     self.dropout = nn.Dropout(self.dropout_rate)
 
@@ -139,9 +143,17 @@ class AttentionBlock(nn.Module):
       'key': self.attention.key.variables['params'],
       'value': self.attention.value.variables['params'],
     }
-    rotary = (self.rotary_fraction, self.max_wavelength) if self.use_rotary else None
+    rotary = None
+    if self.use_rotary:
+      rotary = (self.rotary_fraction, self.max_wavelength, self.rotary_convention)
     out_BxSxHxK = projected_chunked_attention(
-      q, x_kv_BxTxD, params, mask, rotary=rotary, dtype=self.dtype
+      q,
+      x_kv_BxTxD,
+      params,
+      mask,
+      rotary=rotary,
+      dtype=self.dtype,
+      layer_norm_epsilon=self.layer_norm_epsilon,
     )
     return self.residual_and_mlp(x_q_BxSxD, self.attention.out(out_BxSxHxK), deterministic)
 

@@ -237,8 +237,9 @@ def projected_chunked_attention(
   kv_params: dict,
   mask: AttentionMask,
   *,
-  rotary: tuple[float, float] | None,
+  rotary: tuple[float, float, str] | None,
   dtype=jnp.float32,
+  layer_norm_epsilon: float = 1e-6,
   block_q: int | None = None,
   block_k: int | None = None,
 ) -> jax.Array:
@@ -246,16 +247,17 @@ def projected_chunked_attention(
 
   kv_params = {'ln': LayerNorm params, 'key': ..., 'value': DenseGeneral (D -> [H, K])
   params}: k = rotary(LN(x) W_k + b_k), v = LN(x) W_v + b_v, as `blocks.AttentionBlock`
-  computes them, with `rotary` = (fraction, max_wavelength) or None. Returns [B, S, H, K].
+  computes them, with `rotary` = (fraction, max_wavelength, convention) or None and the
+  LayerNorm's `layer_norm_epsilon`. Returns [B, S, H, K].
   """
   q, positions, bq, bk, pad_k = _padded_inputs(q_BxSxHxK, x_BxTxD.shape[1], mask, block_q, block_k)
   x = _pad_seq(x_BxTxD, pad_k)
-  static = (bq, bk, rotary, jnp.dtype(dtype))
+  static = (bq, bk, rotary, jnp.dtype(dtype), float(layer_norm_epsilon))
   return _projected_flash(q, x, kv_params, *positions, *static)[:, : q_BxSxHxK.shape[1]]
 
 
-def _layer_norm(params, x, dtype):
-  layer_norm = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, parent=None)  # unbound
+def _layer_norm(params, x, dtype, epsilon):
+  layer_norm = nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32, parent=None)
   return layer_norm.apply({'params': params}, x)
 
 
@@ -269,25 +271,25 @@ def _rotate(x_BxTxHxK, positions_BxT, rotary):
   return x_BxTxHxK if rotary is None else apply_rotary(x_BxTxHxK, positions_BxT, *rotary)
 
 
-def _keys_values(params, x, kv_pos, rotary, dtype):
-  h = _layer_norm(params['ln'], x, dtype)
+def _keys_values(params, x, kv_pos, rotary, dtype, epsilon):
+  h = _layer_norm(params['ln'], x, dtype, epsilon)
   k = _rotate(_project(params['key'], h, dtype), kv_pos, rotary)
   return k, _project(params['value'], h, dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
-def _projected_flash(q, x, params, q_pos, kv_pos, key_ok, block_q, block_k, rotary, dtype):
-  k, v = _keys_values(params, x, kv_pos, rotary, dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _projected_flash(q, x, params, q_pos, kv_pos, key_ok, block_q, block_k, rotary, dtype, eps):
+  k, v = _keys_values(params, x, kv_pos, rotary, dtype, eps)
   return _flash_forward(q, k, v, q_pos, kv_pos, key_ok, block_q, block_k)[0]
 
 
-def _projected_fwd_rule(q, x, params, q_pos, kv_pos, key_ok, block_q, block_k, rotary, dtype):
-  k, v = _keys_values(params, x, kv_pos, rotary, dtype)
+def _projected_fwd_rule(q, x, params, q_pos, kv_pos, key_ok, block_q, block_k, rotary, dtype, eps):
+  k, v = _keys_values(params, x, kv_pos, rotary, dtype, eps)
   out, lse = _flash_forward(q, k, v, q_pos, kv_pos, key_ok, block_q, block_k)
   return out, (q, x, params, k, v, q_pos, kv_pos, key_ok, out, lse)
 
 
-def _projected_bwd_rule(block_q, block_k, rotary, dtype, residuals, d_out):
+def _projected_bwd_rule(block_q, block_k, rotary, dtype, eps, residuals, d_out):
   q, x, params, k, v, q_pos, kv_pos, key_ok, out, lse = residuals
   f32 = dict(preferred_element_type=jnp.float32)
 
@@ -296,7 +298,7 @@ def _projected_bwd_rule(block_q, block_k, rotary, dtype, residuals, d_out):
     projections and the LayerNorm, into dx's block j and the parameter gradients."""
     dx, grads = acc
     x_j, kv_pos_j = _block(x, j, block_k), _block(kv_pos, j, block_k)
-    h_j, ln_vjp = jax.vjp(lambda p, x: _layer_norm(p, x, dtype), params['ln'], x_j)
+    h_j, ln_vjp = jax.vjp(lambda p, x: _layer_norm(p, x, dtype, eps), params['ln'], x_j)
     dk_j = _rotate(dk_j, -kv_pos_j, rotary).astype(dtype)
     dv_j = dv_j.astype(dtype)
     dh_j = jnp.einsum('bthk,dhk->btd', dk_j, params['key']['kernel'].astype(dtype), **f32)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from perceiver_ar_vl import config_choices
 from perceiver_ar_vl.layers.blocks import AttentionBlock
@@ -50,16 +51,33 @@ REMAT_POLICIES = {
 assert tuple(REMAT_POLICIES) == config_choices.REMAT_NAMES
 
 
+def sinusoidal_table(length: int, size: int, min_scale: float = 1.0, max_scale: float = 1e4):
+  """A fixed [length, size] table of absolute positions, as the original's
+  `generate_sinusoidal_features` builds it: sines in the first size//2 channels, cosines in
+  the next size//2 (a last odd channel stays 0), at frequencies from min_scale down to
+  min_scale / (max_scale / min_scale), log-spaced."""
+  half = size // 2
+  scale_factor = -np.log(max_scale / min_scale) / max(half - 1, 1)
+  div_term_F = min_scale * np.exp(np.arange(half) * scale_factor)
+  angles_LxF = np.arange(length)[:, None] * div_term_F
+  table = np.zeros((length, size), np.float32)
+  table[:, :half] = np.sin(angles_LxF)
+  table[:, half : 2 * half] = np.cos(angles_LxF)
+  return jnp.asarray(table)
+
+
 class AttentionShape(NamedTuple):
   """One attention layer as the FLOP model counts it (per example).
 
   queries: positions that get a query (and an MLP); keys: positions whose keys/values are
-  projected; keys_per_query: keys each query scores (dense: no causal discount).
+  projected; keys_per_query: keys each query scores (dense: no causal discount); mlp_dim:
+  the width of its MLP where it differs from the model's.
   """
 
   queries: int
   keys: int
   keys_per_query: int
+  mlp_dim: int = 0  # the layer's MLP width; 0 = the model's mlp_dim
 
 
 class LanguageModel(nn.Module):
@@ -78,6 +96,8 @@ class LanguageModel(nn.Module):
   position_encoding: str = 'rotary'
   rotary_fraction: float = 0.5
   max_wavelength: float = 10_000.0
+  rotary_convention: str = 'half'  # 'interleaved': the original's (layers.rotary)
+  layer_norm_epsilon: float = 1e-6  # Flax's default; the original (Haiku) uses 1e-5
   attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
   remat: str = 'none'  # see REMAT_POLICIES
@@ -198,6 +218,7 @@ class LanguageModel(nn.Module):
       ('model.attention_impl', self.attention_impl),
       ('model.activation', self.activation),
       ('model.remat', self.remat),
+      ('model.rotary_convention', self.rotary_convention),
     ):
       message = config_choices.unknown_choice(key, value)
       if message:
@@ -216,9 +237,11 @@ class LanguageModel(nn.Module):
       activation=self.activation,
       rotary_fraction=self.rotary_fraction,
       max_wavelength=self.max_wavelength,
+      rotary_convention=self.rotary_convention,
       use_rotary=self.position_encoding == 'rotary',
       attention_impl=self.attention_impl,
       dtype=self.dtype,
+      layer_norm_epsilon=self.layer_norm_epsilon,
       name=name,
     )
     block_cls = AttentionBlock
@@ -246,9 +269,13 @@ class LanguageModel(nn.Module):
         (self.max_context, self.d_model),
         jnp.float32,
       )
+    elif self.position_encoding == 'sinusoidal':
+      self.position_table = sinusoidal_table(self.max_context, self.d_model)
     # The final LayerNorm and the head compute in float32 whatever the compute dtype: the
     # logits feed the loss (and softmax sampling), where bf16's 8 bits of mantissa would show.
-    self.final_norm = nn.LayerNorm(dtype=jnp.float32, param_dtype=jnp.float32)
+    self.final_norm = nn.LayerNorm(
+      epsilon=self.layer_norm_epsilon, dtype=jnp.float32, param_dtype=jnp.float32
+    )
     self.head = nn.Dense(
       self.vocab_size,
       dtype=jnp.float32,
@@ -257,9 +284,10 @@ class LanguageModel(nn.Module):
     )
 
   def embed_tokens(self, tokens_BxT: jax.Array, positions_BxT: jax.Array) -> jax.Array:
-    """Token embedding (plus the absolute table when selected) in the compute dtype."""
+    """Token embedding (plus the absolute or sinusoidal table when selected) in the compute
+    dtype."""
     x = self.embed(tokens_BxT)
-    if self.position_encoding == 'absolute':
+    if self.position_encoding in ('absolute', 'sinusoidal'):
       x = x + jnp.take(self.position_table, positions_BxT, axis=0)
     return x.astype(self.dtype)
 

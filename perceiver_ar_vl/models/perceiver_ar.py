@@ -89,15 +89,31 @@ class PerceiverAR(LanguageModel):
 
   cross_attend_dropout: float = 0.0
   latent_dropout: float = 0.0
+  latent_query_projection: bool = False  # the original's z_linear
+  num_cross_attend_heads: int = 0  # 0 = num_heads
+  cross_attend_mlp_dim: int = 0  # 0 = mlp_dim
 
   @classmethod
   def options_from_config(cls, model_config) -> dict:
     m = model_config
-    return dict(cross_attend_dropout=m.cross_attend_dropout, latent_dropout=m.latent_dropout)
+    return dict(
+      cross_attend_dropout=m.cross_attend_dropout,
+      latent_dropout=m.latent_dropout,
+      latent_query_projection=m.latent_query_projection,
+      num_cross_attend_heads=m.num_cross_attend_heads,
+      cross_attend_mlp_dim=m.cross_attend_mlp_dim,
+    )
 
   def setup(self):
     self.setup_shared()
-    self.cross_attend = self.make_block('cross_attend', cross=True)
+    self.cross_attend = self.make_block(
+      'cross_attend',
+      cross=True,
+      num_heads=self.num_cross_attend_heads or self.num_heads,
+      mlp_dim=self.cross_attend_mlp_dim or self.mlp_dim,
+    )
+    if self.latent_query_projection:  # Linear with bias; its output is also the residual
+      self.z_linear = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32)
     self.latent_blocks = [self.make_block(f'latent_{i}') for i in range(self.num_layers - 1)]
 
   def __call__(
@@ -132,7 +148,7 @@ class PerceiverAR(LanguageModel):
       )
       key_ok_BxM = key_ok_BxM & ~(is_prefix_1xM & drop_BxM)
     cross_mask = causal_mask(slot_positions_1xB, positions_1xM, key_ok_BxM, aligned=True)
-    x_q_BxBxD = x_BxMxD[:, context - bucket :]
+    x_q_BxBxD = self.latent_queries(x_BxMxD[:, context - bucket :])
     if return_keys_values:
       keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_1xM)]
       z_BxBxD = self.cross_attend.attend(
@@ -159,6 +175,11 @@ class PerceiverAR(LanguageModel):
       )
     logits = self.head_logits(z_BxBxD)
     return (logits, keys_values) if return_keys_values else logits
+
+  def latent_queries(self, x_BxSxD: jax.Array) -> jax.Array:
+    """The cross-attend's query stream of latent embeddings: the embeddings themselves, or
+    with `latent_query_projection` their Linear projection (the original's z_linear)."""
+    return self.z_linear(x_BxSxD) if self.latent_query_projection else x_BxSxD
 
   def window_logits(self, tokens_BxM, num_latents, bucket, input_mask=None, deterministic=True):
     return self(tokens_BxM, num_latents, bucket, input_mask, deterministic)
@@ -196,7 +217,11 @@ class PerceiverAR(LanguageModel):
     cross_v = kv_cache.ring_write(cache.cross_v, v_Bx1xHxK, context_len)
     mask_Bx1xM = kv_cache.ring_mask(pos_Bx1, context_len, cache.origin, batch, window)
     z_Bx1xD = self.cross_attend.attend(
-      x_Bx1xD, pos_Bx1, kv_cache.seq_major(cross_k), kv_cache.seq_major(cross_v), mask_Bx1xM
+      self.latent_queries(x_Bx1xD),
+      pos_Bx1,
+      kv_cache.seq_major(cross_k),
+      kv_cache.seq_major(cross_v),
+      mask_Bx1xM,
     )
 
     latent_k, latent_v = [], []
@@ -229,5 +254,5 @@ class PerceiverAR(LanguageModel):
     context = self.max_context
     if not 1 <= bucket <= context:
       raise ValueError(f'bucket must be in [1, {context}] for Perceiver AR, got {bucket}.')
-    cross = AttentionShape(bucket, context, context)
+    cross = AttentionShape(bucket, context, context, self.cross_attend_mlp_dim)
     return (cross,) + (AttentionShape(bucket, bucket, bucket),) * (self.num_layers - 1)
