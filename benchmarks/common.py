@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, step_memory
+from perceiver_ar_vl import config_lib
+from perceiver_ar_vl.experiments import step_cost
 
 
 @dataclasses.dataclass
@@ -33,11 +34,11 @@ def seed_model_config(context: int, batch: int) -> ml_collections.ConfigDict:
 def time_train_step(
   config: ml_collections.ConfigDict, bucket: int, repeats: int = 3, impl: str | None = None
 ) -> StepStats:
-  """Median seconds of `step_memory.compiled_train_step` over `repeats` steps after one warm-up
+  """Median seconds of `step_cost.compiled_train_step` over `repeats` steps after one warm-up
   step, and its compiled memory."""
-  step, stats = step_memory.compiled_train_step(config, bucket, impl)
-  seconds = step_memory.median_step_seconds(step, repeats)
-  total = step_memory.compiled_bytes(stats)
+  step, stats = step_cost.compiled_train_step(config, bucket, impl)
+  seconds = step_cost.median_step_seconds(step, repeats)
+  total = step_cost.compiled_bytes(stats)
   return StepStats(seconds, int(stats.temp_size_in_bytes), total)
 
 

@@ -8,8 +8,9 @@ costs little when N is fixed (16x the context at ~20% lower steps/s on TPU).
 The seed model (6 layers, d_model 512, 8 heads, MLP 2048, dropout 0.1, float32 on the CPU),
 batch 1, default settings (`model.attention_impl='auto'`). For each window M: median step
 time (fwd + bwd + Adam), steps/s relative to M = 1024, the analytic FLOPs of
-`perceiver_ar_vl.flops.train_step_flops`, the time ratio over the FLOP ratio (1.00 = the step
-grows exactly as its arithmetic), and XLA's compiled temporaries of the train step.
+`perceiver_ar_vl.experiments.flops.train_step_flops`, the time ratio over the FLOP ratio
+(1.00 = the step grows exactly as its arithmetic), and XLA's compiled temporaries of the
+train step.
 On a shared CPU read the ratios, not the times.
 """
 
@@ -21,7 +22,9 @@ import common
 import jax
 from absl import app, flags
 
-from perceiver_ar_vl import attention_kernels, config_lib, flops
+from perceiver_ar_vl import config_lib
+from perceiver_ar_vl.experiments import flops
+from perceiver_ar_vl.layers import kernels
 
 flags.DEFINE_integer('min_context', 1024, 'Smallest window M (doubled up to max_context).')
 flags.DEFINE_integer('max_context', 131072, 'Largest window M.')
@@ -90,7 +93,7 @@ def kernel_table() -> None:
       common.time_train_step(config, FLAGS.latents, FLAGS.repeats, impl).seconds for impl in impls
     ]
     m = config.model
-    picks = attention_kernels.select_impl(
+    picks = kernels.select_impl(
       jax.default_backend(),
       m.dtype,
       FLAGS.batch,

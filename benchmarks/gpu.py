@@ -9,10 +9,10 @@ baseline at M = 1024 and 4096: float32 vs bfloat16, every attention kernel that 
 backend (cuDNN only on a GPU, in bf16), and remat off/on. The batch keeps about 32k tokens per
 step (32 windows at M = 1024). Each row: median step time after a compiling warm-up, steps/s,
 target tokens/s (the positions that carry loss), XLA's compiled memory (arguments + outputs +
-temporaries), the analytic FLOPs of `perceiver_ar_vl.flops.train_step_flops` and MFU = FLOPs /
-time / peak, with the peak the device's dense bf16 rate (PEAK_BF16; on the CPU the measured
-rate of a plain f32 matmul, since no peak is published). A row that fails (e.g. out of memory)
-prints its error and the run goes on.
+temporaries), the analytic FLOPs of `perceiver_ar_vl.experiments.flops.train_step_flops` and
+MFU = FLOPs / time / peak, with the peak the device's dense bf16 rate (PEAK_BF16; on the CPU
+the measured rate of a plain f32 matmul, since no peak is published). A row that fails (e.g.
+out of memory) prints its error and the run goes on.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import common
 import jax
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, flops, step_memory
+from perceiver_ar_vl import config_lib
+from perceiver_ar_vl.experiments import flops, step_cost
 
 flags.DEFINE_bool('small', False, 'A tiny model at short windows (runs on the CPU).')
 flags.DEFINE_integer('repeats', 0, 'Timed steps per row after a warm-up (0: 5, 2 with --small).')
@@ -85,13 +86,13 @@ def measure(model_type, context, latents, dtype, impl, remat, peak) -> dict:
     remat=remat,
   )
   try:
-    step, stats = step_memory.compiled_train_step(config, latents)
-    seconds = step_memory.median_step_seconds(step, FLAGS.repeats or (2 if FLAGS.small else 5))
+    step, stats = step_cost.compiled_train_step(config, latents)
+    seconds = step_cost.median_step_seconds(step, FLAGS.repeats or (2 if FLAGS.small else 5))
   except Exception as error:  # noqa: BLE001 (a row may fail: report it and go on)
     traceback.print_exc()
     return {**row, 'error': f'{type(error).__name__}: {str(error).splitlines()[0][:120]}'}
   step_flops = flops.train_step_flops(config, latents)
-  memory = step_memory.compiled_bytes(stats)
+  memory = step_cost.compiled_bytes(stats)
   return {
     **row,
     'seconds': seconds,

@@ -1,14 +1,14 @@
-"""Time per step of the training loop (train.train) against the bare compiled train step.
+"""Time per step of the training loop (training.train) against the bare compiled train step.
 
   python benchmarks/host_loop.py                  # tiny model, CPU, 300 steps
   python benchmarks/host_loop.py --steps=600 --d_model=128
 
-The loop row runs `train.train` on a fixed-N tiny config (copy task, one bucket, no evaluation,
-one checkpoint at the end) and reads the steps/s it logs every --log_every steps; the first
-window (which holds start-up) is left out and the median of the others is taken. The bare row
-runs the same compiled step (train._CompiledSteps, the same bucket and shardings) in a plain
-Python loop on one batch already on the device, waiting only at the end. Their ratio is the
-host loop's overhead: the issue's goal is <= 1.1x.
+The loop row runs `training.train` on a fixed-N tiny config (copy task, one bucket, no
+evaluation, one checkpoint at the end) and reads the steps/s it logs every --log_every steps;
+the first window (which holds start-up) is left out and the median of the others is taken. The
+bare row runs the same compiled step (training.host_loop.CompiledSteps, the same bucket and
+shardings) in a plain Python loop on one batch already on the device, waiting only at the end.
+Their ratio is the host loop's overhead: the issue's goal is <= 1.1x.
 """
 
 import datetime
@@ -23,8 +23,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, data, latents, metrics, parallel, train
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import config_lib, data, latents, parallel, run_files, train_state, training
+from perceiver_ar_vl.training import host_loop
 
 flags.DEFINE_integer('steps', 300, 'Training steps of the loop row (and of each bare timing).')
 flags.DEFINE_integer('log_every', 50, 'Steps per logged window of the loop row.')
@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 
 
 def tiny_config():
-  """A fixed-N 2-layer model on the copy task, run as train.train would run it."""
+  """A fixed-N 2-layer model on the copy task, run as training.train would run it."""
   c = config_lib.make_config(
     'smoke', name='host_loop', strategy='fixed', min_latents=512, max_latents=512
   )
@@ -65,8 +65,9 @@ def bare_seconds_per_step(config) -> float:
   """Median over --repeats of the seconds per step of the loop-free compiled step."""
   mesh = parallel.make_mesh()
   model = config_lib.create_model(config)
-  state = state_lib.create_train_state(config, model, mesh)
-  steps = train._CompiledSteps(config, model, mesh, state_lib.make_optimizer(config.train)[1])
+  state = train_state.create_train_state(config, model, mesh)
+  schedule = train_state.make_optimizer(config.train)[1]
+  steps = host_loop.CompiledSteps(config, model, mesh, schedule)
   rng = jax.device_put(jax.random.PRNGKey(1), parallel.replicated(mesh))
   bucket = latents.bucket_for(FLAGS.latents, config.latents.buckets)
   steps.compile_ahead([bucket], state, rng)
@@ -87,10 +88,10 @@ def bare_seconds_per_step(config) -> float:
 
 
 def loop_seconds_per_step(config) -> float:
-  """Median over the logged windows after the first of 1 / steps_per_sec of train.train."""
+  """Median over the logged windows after the first of 1 / steps_per_sec of training.train."""
   with tempfile.TemporaryDirectory() as workdir:
-    train.train(config, workdir)
-    records = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+    training.train(config, workdir)
+    records = run_files.read_jsonl(os.path.join(workdir, run_files.METRICS_FILE))
   rates = [
     r['steps_per_sec']
     for r in records
@@ -114,7 +115,7 @@ def main(argv):
   print('| path | ms / step | vs bare |')
   print('|---|---|---|')
   print(f'| bare compiled step (one device batch, Python loop) | {1e3 * bare:.3f} | 1.00x |')
-  print(f'| train.train loop (median logged window) | {1e3 * loop:.3f} | {loop / bare:.2f}x |')
+  print(f'| training.train loop (median logged window) | {1e3 * loop:.3f} | {loop / bare:.2f}x |')
 
 
 if __name__ == '__main__':

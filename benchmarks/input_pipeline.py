@@ -1,4 +1,4 @@
-"""Milliseconds per training batch of the input pipeline (data.py), before and after.
+"""Milliseconds per training batch of the input pipeline (data/), before and after.
 
   python benchmarks/input_pipeline.py                          # a synthetic 100 MB file
   python benchmarks/input_pipeline.py --data_path=/path/to/enwik8.zip
@@ -8,7 +8,7 @@ Rows of the table, all in one run over the same prepared split:
     makes its own numpy generator from (seed, step, row) and reads the one or two
     array_record records its window overlaps;
   * records: vectorised offsets (one generator per step), rows still read from the records,
-    what `data.py` does for a train split larger than `data.in_memory_bytes`;
+    what `data/datasets.py` does for a train split larger than `data.in_memory_bytes`;
   * in memory: vectorised offsets and one gather from the train split held as one array;
   * prefetched: the in-memory batches as the training loop receives them from
     `train_batches` (grain threads), i.e. what a step waits for.
@@ -28,6 +28,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from perceiver_ar_vl import data
+from perceiver_ar_vl.data import base
+from perceiver_ar_vl.data.datasets import PreparedByteDataset
 
 flags.DEFINE_string('data_path', '', 'enwik8(.zip) or any file; empty: a synthetic file.')
 flags.DEFINE_integer('synthetic_mb', 100, 'Size of the synthetic file in MB (10^6 bytes).')
@@ -38,12 +40,12 @@ flags.DEFINE_integer('repeats', 5, 'Timings per row of the table (the median is 
 FLAGS = flags.FLAGS
 
 
-def per_row_batch(ds: data.PreparedByteDataset, step: int, batch_size: int, seed: int):
+def per_row_batch(ds: PreparedByteDataset, step: int, batch_size: int, seed: int):
   """The pipeline before vectorisation: one generator and one or two record reads per row."""
   batch_BxW = np.empty((batch_size, ds.window), np.int32)
   high = ds.num_bytes('train') - ds.window + 1
   for r in range(batch_size):
-    rng = np.random.default_rng([seed, step, r, data._ROW_TAG])
+    rng = np.random.default_rng([seed, step, r, base.ROW_TAG])
     batch_BxW[r] = ds._read('train', int(rng.integers(0, high)), ds.window)
   return batch_BxW
 
@@ -59,7 +61,7 @@ def ms_per_batch(make_batches: Callable[[int, int], object]) -> float:
   return 1e3 * statistics.median(times)
 
 
-def make(config: dict, in_memory_bytes: int) -> data.PreparedByteDataset:
+def make(config: dict, in_memory_bytes: int) -> PreparedByteDataset:
   return data.make_dataset(config | {'in_memory_bytes': in_memory_bytes}, FLAGS.window)
 
 

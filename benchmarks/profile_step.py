@@ -20,7 +20,7 @@ import common
 import jax
 from absl import app, flags
 
-from perceiver_ar_vl import step_memory
+from perceiver_ar_vl.experiments import step_cost
 
 flags.DEFINE_integer('context', 1024, 'Window M.')
 flags.DEFINE_integer('latents', 256, 'Latents N (and the bucket).')
@@ -49,10 +49,10 @@ def thunk_times(step, op_names: dict[str, str]) -> dict[str, float]:
 def main(argv):
   del argv
   config = common.seed_model_config(FLAGS.context, FLAGS.batch)
-  step, _ = step_memory.compiled_train_step(config, FLAGS.latents, FLAGS.impl)
+  step, _ = step_cost.compiled_train_step(config, FLAGS.latents, FLAGS.impl)
   pattern = r'%([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"'
   op_names = {m[1]: m[2] for m in re.finditer(pattern, step.compiled.as_text())}
-  seconds = step_memory.median_step_seconds(step, 3)
+  seconds = step_cost.median_step_seconds(step, 3)
   times = thunk_times(step, op_names)
 
   def short(op: str) -> str:

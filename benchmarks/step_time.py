@@ -22,7 +22,6 @@ import numpy as np
 from absl import app, flags
 
 from perceiver_ar_vl import config_lib, sampling
-from perceiver_ar_vl import state as state_lib
 
 flags.DEFINE_string('preset', 'cpu', 'Config preset whose model is measured (smoke, cpu, gpu).')
 flags.DEFINE_integer('batch', 8, 'Windows per train step.')
@@ -49,7 +48,7 @@ def time_sampling(config, length: int, prompt_len: int, **knobs) -> tuple[float,
   timed; the timed calls alternate between the paths, so load on a shared machine hits both.
   """
   model = config_lib.create_model(config)
-  variables = state_lib.init_params(model, config, jax.random.PRNGKey(0))
+  variables = model.init_variables(jax.random.PRNGKey(0))
   prompt = np.random.default_rng(0).integers(ord('a'), ord('z') + 1, (1, prompt_len))
   kwargs = dict(length=length, num_latents=config.latents.max, **knobs)
   times = {False: [], True: []}

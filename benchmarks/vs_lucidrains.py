@@ -8,8 +8,9 @@ Both sides: 6 layers (one cross-attend + 5 self-attention over the latents), d_m
 train step = forward + backward + optimizer update on a batch of [8, 1025] bytes. torch gets
 as many threads as JAX has cores (`--threads`). The two are timed alternately (`--rounds`
 rounds of `--repeats` steps each, after warm-up) and the medians compared, so both see the
-same machine load. GFLOP/s use `perceiver_ar_vl.flops.train_step_flops` for both sides (the
-peer computes the same matmuls, minus biases), next to a plain f32 matmul's rate in JAX.
+same machine load. GFLOP/s use `perceiver_ar_vl.experiments.flops.train_step_flops` for both
+sides (the peer computes the same matmuls, minus biases), next to a plain f32 matmul's rate in
+JAX.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from perceiver_ar_vl import flops, step_memory
+from perceiver_ar_vl.experiments import flops, step_cost
 
 flags.DEFINE_integer('context', 1024, 'Window M.')
 flags.DEFINE_integer('latents', 256, 'Latents N.')
@@ -89,7 +90,7 @@ def main(argv):
     return
   peer_step, torch_version = peer
   config = common.seed_model_config(FLAGS.context, FLAGS.batch)
-  ours_step, _ = step_memory.compiled_train_step(config, FLAGS.latents)
+  ours_step, _ = step_cost.compiled_train_step(config, FLAGS.latents)
   ours_step()
   peer_step()
   ours, theirs = [], []

@@ -215,6 +215,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
   if not m.layer_norm_epsilon > 0:
     raise errors.UserError(f'model.layer_norm_epsilon={m.layer_norm_epsilon} must be > 0.')
+  if m.d_model % m.num_heads:
+    raise errors.UserError(
+      f'model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.'
+    )
   cross_heads = m.num_cross_attend_heads or m.num_heads
   if m.num_cross_attend_heads < 0 or m.d_model % cross_heads:
     raise errors.UserError(
@@ -222,10 +226,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       f'divide model.d_model={m.d_model}.'
     )
   _at_least(m, 'model', ('cross_attend_mlp_dim',), 0)
-  if m.d_model % m.num_heads:
-    raise errors.UserError(
-      f'model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.'
-    )
   if m.vocab_size < data.VOCAB_SIZE:
     raise errors.UserError(
       f'model.vocab_size={m.vocab_size} cannot hold byte tokens; use >= {data.VOCAB_SIZE}.'

@@ -4,11 +4,12 @@ launch.py as a subprocess."""
 import os
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceiver_ar_vl import config_lib, models
+from perceiver_ar_vl import config_choices, config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,16 +28,16 @@ TINY_MODEL = dict(
 
 def tiny_config(strategy: str = 'curriculum', steps: int = 24, model_type: str = 'perceiver_ar'):
   """A ~20k-parameter model on the copy task with a 32-byte window; unlocked for edits."""
+  full_window = config_choices.MODEL_TYPES[model_type].scores_every_position
   c = config_lib.make_config(
     'smoke',
     name=f'tiny_{strategy}',
     strategy=strategy,
     min_latents=256,
-    max_latents=1024 if model_type in ('transformer', 'ecp') else 512,
+    max_latents=1024 if full_window else 512,
     model_type=model_type,
   )
   c.model.update(num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=32)
-  full_window = model_type in ('transformer', 'ecp')
   c.latents.update(min=4, max=32 if full_window else 16, buckets=(4, 8, 16, 32))
   c.model.ecp_segment_length = 8
   c.data.copy_length = 16
@@ -112,7 +113,7 @@ def embedding_influence(apply_fn, length: int, d_model: int) -> np.ndarray:
         out = out + delta_1xMxD
       return out
 
-    with models.nn.intercept_methods(add_delta):
+    with nn.intercept_methods(add_delta):
       return apply_fn()
 
   jacobian_SxMxD = jax.jit(jax.jacrev(lambda d: apply_with_delta(d)[0].sum(-1)))(

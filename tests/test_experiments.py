@@ -1,20 +1,27 @@
-"""Pins perceiver_ar_vl/experiments.py: an equal-budget comparison end to end, tiny."""
+"""Pins perceiver_ar_vl/experiments/runner.py and its command line
+(`python -m perceiver_ar_vl.experiments`, experiments/__main__.py): an equal-budget comparison
+end to end, tiny. Its pieces: tests/test_budgets.py, tests/test_report.py; the command line on
+bad input: tests/test_launch.py."""
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
-from helpers import tiny_config
+from helpers import REPO, launch_command, launch_env, tiny_config
 
-from perceiver_ar_vl import config_lib, experiments
+from perceiver_ar_vl import config_lib, errors, latents, training
+from perceiver_ar_vl.experiments import budgets, runner
+
+EXPERIMENTS = 'perceiver_ar_vl.experiments'
 
 
 def tiny_experiment_config(name, preset, *, steps=0, **unused):
+  """runner.experiment_config for a tiny model: run `name`'s latent strategy and model type."""
   del preset, unused
-  spec = config_lib.STRATEGY_SPECS[name]
-  config = tiny_config(
-    spec['strategy'], steps=steps, model_type=spec.get('model_type', 'perceiver_ar')
-  )
+  named = config_lib.strategy_config(name, 'smoke')
+  config = tiny_config(named.latents.strategy, steps=steps, model_type=named.model.type)
   config.name = name
   config.latents.buckets = (8, 16, 32)
   config.train.eval_every = 2
@@ -23,9 +30,9 @@ def tiny_experiment_config(name, preset, *, steps=0, **unused):
 
 
 def test_experiment_writes_table_and_plots(tmp_path, monkeypatch):
-  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
-  markdown = experiments.run_experiment(
-    'smoke', str(tmp_path), steps=4, strategies=('curriculum', 'transformer')
+  monkeypatch.setattr(runner, 'experiment_config', tiny_experiment_config)
+  markdown = runner.run_experiment(
+    'smoke', str(tmp_path), steps=4, runs=('curriculum', 'transformer')
   )
   assert '| steps | curriculum | 4..16 | 1 | 4 |' in markdown
   for name in (
@@ -40,8 +47,7 @@ def test_experiment_writes_table_and_plots(tmp_path, monkeypatch):
     run = json.load(f)
   assert run['steps'] == 4 and len(run['validation_curve']) == 2  # steps 2 and 4
   assert run['target_tokens'] == 4 * sum(
-    experiments.train.latent_count(tiny_experiment_config('curriculum', '', steps=4), s)
-    for s in range(4)
+    latents.latent_count(tiny_experiment_config('curriculum', '', steps=4), s) for s in range(4)
   )
   assert {r['num_latents'] for r in run['eval']} == {8, 16, 32}
   memory = [line for line in markdown.splitlines() if line.startswith('Compiled train-step')][0]
@@ -51,17 +57,15 @@ def test_experiment_writes_table_and_plots(tmp_path, monkeypatch):
   assert per_bucket == sorted(per_bucket) and per_bucket[0] < per_bucket[-1]
   # A second invocation reuses the finished runs and only rebuilds the report.
   assert (
-    experiments.run_experiment(
-      'smoke', str(tmp_path), steps=4, strategies=('curriculum', 'transformer')
-    )
+    runner.run_experiment('smoke', str(tmp_path), steps=4, runs=('curriculum', 'transformer'))
     == markdown
   )
 
 
 def test_experiment_of_ecp_alone_reports_its_memory(tmp_path, monkeypatch):
-  """`--strategies=ecp`: a comparison without any Perceiver AR run still writes its report."""
-  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
-  markdown = experiments.run_experiment('smoke', str(tmp_path), steps=2, strategies=('ecp',))
+  """`--runs=ecp`: a comparison without any Perceiver AR run still writes its report."""
+  monkeypatch.setattr(runner, 'experiment_config', tiny_experiment_config)
+  markdown = runner.run_experiment('smoke', str(tmp_path), steps=2, runs=('ecp',))
   assert '| steps | ecp | 32 |' in markdown
   assert 'ECP (window 32): ' in markdown
   assert os.path.getsize(tmp_path / 'memory_vs_latents.png') > 0
@@ -71,14 +75,14 @@ def test_seeds_and_flops_budget_report_mean_and_spread(tmp_path, monkeypatch):
   """Two seeds at the flops budget: runs per seed, a run of costlier steps gets fewer of them
   with nothing left unspent, and the table gives mean ± std with the paired comparison
   against fixed_512."""
-  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
-  markdown = experiments.run_experiment(
+  monkeypatch.setattr(runner, 'experiment_config', tiny_experiment_config)
+  markdown = runner.run_experiment(
     'smoke',
     str(tmp_path),
     steps=4,
     seeds=(0, 1),
     budget=('flops',),
-    strategies=('fixed_512', 'transformer'),
+    runs=('fixed_512', 'transformer'),
   )
   runs = {
     name: sorted(os.listdir(tmp_path / 'runs' / name)) for name in ('fixed_512', 'transformer')
@@ -95,32 +99,105 @@ def test_seeds_and_flops_budget_report_mean_and_spread(tmp_path, monkeypatch):
     run = json.load(f)
   assert run['seed'] == 1 and run['peak_memory_bytes'] >= run['mean_memory_bytes'] > 0
   reference = tiny_experiment_config('fixed_512', '', steps=4)
-  budget = experiments.budgets.run_cost(
-    reference, experiments.budgets.bucket_cost('flops', reference)
-  )
+  budget = budgets.run_cost(reference, budgets.bucket_cost('flops', reference))
   assert budget - run['train_flops'] < run['train_flops'] / run['steps'] <= budget
 
 
 def test_a_stopped_run_is_not_evaluated_or_cached(tmp_path, monkeypatch):
-  """A run that a signal stopped before its last step ends the comparison (exit 0, resumable)
-  instead of being scored and cached as finished."""
-  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
-  monkeypatch.setattr(
-    experiments.train, 'train', lambda config, workdir: {'final_step': 1, 'start_step': 0}
-  )
-  with pytest.raises(SystemExit) as stop:
-    experiments.run_experiment('smoke', str(tmp_path), steps=4, strategies=('fixed_512',))
-  assert stop.value.code == 0
+  """A run that a signal stopped before its last step ends the comparison (RunStopped; the
+  command line then exits 0, tested below) instead of being scored and cached as finished."""
+  monkeypatch.setattr(runner, 'experiment_config', tiny_experiment_config)
+  stopped = lambda config, workdir: {'final_step': 1, 'start_step': 0}
+  monkeypatch.setattr(training, 'train', stopped)  # runner.py calls training.train
+  with pytest.raises(runner.RunStopped, match='stopped at step 1 of 4'):
+    runner.run_experiment('smoke', str(tmp_path), steps=4, runs=('fixed_512',))
   assert not os.path.exists(tmp_path / 'runs' / 'fixed_512' / 'seed0-4steps' / 'run.json')
 
 
 def test_report_only_covers_the_finished_runs(tmp_path, monkeypatch):
-  monkeypatch.setattr(experiments, 'experiment_config', tiny_experiment_config)
-  with pytest.raises(experiments.errors.UserError, match='No finished run'):
-    experiments.run_experiment('smoke', str(tmp_path), steps=2, report_only=True)
-  experiments.run_experiment('smoke', str(tmp_path), steps=2, strategies=('fixed_512',))
-  markdown = experiments.run_experiment(
-    'smoke', str(tmp_path), steps=2, seeds=(0, 1), strategies=('fixed_512',), report_only=True
+  monkeypatch.setattr(runner, 'experiment_config', tiny_experiment_config)
+  with pytest.raises(errors.UserError, match='No finished run'):
+    runner.run_experiment('smoke', str(tmp_path), steps=2, report_only=True)
+  runner.run_experiment('smoke', str(tmp_path), steps=2, runs=('fixed_512',))
+  markdown = runner.run_experiment(
+    'smoke', str(tmp_path), steps=2, seeds=(0, 1), runs=('fixed_512',), report_only=True
   )
   assert '| steps | fixed_512 | 16 | 1 | 2 |' in markdown  # seed 1 was never trained
   assert not os.path.exists(tmp_path / 'runs' / 'fixed_512' / 'seed1-2steps')
+
+
+def test_run_config_applies_budget_seed_and_variants():
+  steps = runner.run_config('curriculum+truncation', 'cpu', seed=2, budget='flops')
+  assert steps.seed == 2 and steps.name == 'curriculum+truncation'
+  assert steps.train.random_truncation == 0.25 and steps.train.steps > 600
+  same = runner.run_config('fixed_512', 'cpu', budget='flops')
+  assert same.train.steps == 600
+  assert runner.run_dir('/o', same) == '/o/runs/fixed_512/seed0-600steps'
+  for bad, phrase in [
+    (dict(runs=('fixed_512+bogus',)), "unknown variant 'bogus'"),
+    (dict(runs=('fixed_512', 'bogus')), "unknown run 'bogus'"),
+    (dict(budget=('joules',)), "--budget='joules'"),
+    (dict(seeds=()), 'give one or more seeds'),
+  ]:
+    with pytest.raises(errors.UserError, match=phrase):
+      runner.run_experiment('cpu', '/nonexistent', **bad)
+
+
+# `python -m perceiver_ar_vl.experiments` in a subprocess, with the runs' configs replaced by
+# tiny_experiment_config (argv[2] == 'stop': training stops after step 1, as a signal would).
+_CLI = r"""
+import os, runpy, sys
+sys.path.insert(0, os.path.join(sys.argv[1], 'tests'))
+import test_experiments
+from perceiver_ar_vl import training
+from perceiver_ar_vl.experiments import runner
+runner.experiment_config = test_experiments.tiny_experiment_config
+if sys.argv[2] == 'stop':
+  training.train = lambda config, workdir: {'final_step': 1, 'start_step': 0}
+sys.argv = ['perceiver_ar_vl.experiments', *sys.argv[3:]]
+runpy.run_module('perceiver_ar_vl.experiments', run_name='__main__', alter_sys=True)
+"""
+
+
+def test_command_line_help_and_a_smoke_report(tmp_path):
+  """The real entry point: `--help` names the flags; a tiny smoke comparison writes its report
+  (and accepts JAX's flags); a stopped run exits 0 without a result."""
+  ok, stopped = tmp_path / 'ok', tmp_path / 'stopped'
+  common = ['--preset=smoke', '--steps=2', '--runs=curriculum']
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', _CLI, REPO, mode, *common, f'--out={out}', *extra],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=launch_env(),
+      cwd=REPO,
+    )
+    for mode, out, extra in (('ok', ok, ['--jax_log_compiles']), ('stop', stopped, []))
+  ]
+  help_run = subprocess.run(
+    launch_command('--help', module=EXPERIMENTS),
+    capture_output=True,
+    text=True,
+    env=launch_env(),
+    cwd=REPO,
+    timeout=120,
+  )
+  (out, err), (_, stop_err) = [proc.communicate(timeout=300) for proc in procs]
+  # absl's --help prints the flags and exits with status 1 (its usage exit), no error line.
+  assert help_run.returncode == 1 and not help_run.stderr, help_run.stderr[-3000:]
+  assert help_run.stdout.startswith('`python -m perceiver_ar_vl.experiments`')
+  for flag in ('--runs', '--strategies', '--preset', '--budget', '--seeds', '--out'):
+    assert flag in help_run.stdout, flag
+
+  assert procs[0].returncode == 0, err[-3000:]
+  assert '| steps | curriculum | 4..16 | 1 | 2 |' in out and os.path.getsize(ok / 'results.md')
+  assert (
+    f'Command: `python -m perceiver_ar_vl.experiments --preset=smoke --out={ok} '
+    '--runs=curriculum --seeds=0 --budget=steps --steps=2`' in out
+  )
+  assert 'Finished tracing' in err  # --jax_log_compiles took effect
+
+  assert procs[1].returncode == 0, stop_err[-3000:]
+  assert 'stopped at step 1 of 2 (saved)' in stop_err and 'Traceback' not in stop_err
+  assert not os.path.exists(stopped / 'runs' / 'curriculum' / 'seed0-2steps' / 'run.json')

@@ -17,8 +17,7 @@ import jax
 import numpy as np
 from helpers import REPO, tiny_config
 
-from perceiver_ar_vl import config_lib, metrics, parallel, train
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import config_lib, parallel, run_files, train_state, training
 
 STEPS, EVERY, DEVICES = 8, 4, 8
 PARAM_ATOL = 1e-3  # a tenth of one step's update at train.learning_rate=1e-2 (see below)
@@ -32,12 +31,12 @@ def _config(fsdp: bool):
 
 
 def _losses(workdir) -> dict[int, float]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  return {r['step']: r['loss'] for r in metrics.read_jsonl(path) if 'loss' in r}
+  path = os.path.join(workdir, run_files.METRICS_FILE)
+  return {r['step']: r['loss'] for r in run_files.read_jsonl(path) if 'loss' in r}
 
 
 def _params(config, workdir, step=-1) -> list[np.ndarray]:
-  _, params, _ = state_lib.restore_params(config, workdir, step)
+  _, params, _ = train_state.restore_params(config, workdir, step)
   return [np.asarray(x) for x in jax.tree.leaves(params)]
 
 
@@ -49,14 +48,13 @@ import jax
 jax.config.update('jax_default_matmul_precision', 'highest')
 import numpy as np
 import test_fsdp
-from perceiver_ar_vl import config_lib, parallel, train
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import config_lib, parallel, train_state, training
 
 assert jax.device_count() == test_fsdp.DEVICES, jax.devices()
 out = {}
 for name, fsdp in (('replicated', False), ('fsdp', True)):
   workdir = os.path.join(sys.argv[1], name)
-  train.train(test_fsdp._config(fsdp), workdir)
+  training.train(test_fsdp._config(fsdp), workdir)
   out[name] = {'losses': test_fsdp._losses(workdir)}
 rep = test_fsdp._params(test_fsdp._config(False), os.path.join(sys.argv[1], 'replicated'))
 fsdp = test_fsdp._params(test_fsdp._config(True), os.path.join(sys.argv[1], 'fsdp'))
@@ -65,7 +63,7 @@ out['max_param_diff'] = max(float(np.abs(a - b).max()) for a, b in zip(rep, fsdp
 # What device 0 holds of a fresh FSDP state (parameters and Adam moments), leaf by leaf.
 config = test_fsdp._config(True)
 mesh = parallel.make_mesh()
-state = state_lib.create_train_state(config, config_lib.create_model(config), mesh)
+state = train_state.create_train_state(config, config_lib.create_model(config), mesh)
 device0 = jax.devices()[0]
 leaves = []
 for leaf in jax.tree.leaves(state):
@@ -118,7 +116,7 @@ def test_fsdp_equals_replicated_shards_params_and_resumes_on_fewer_devices(tmp_p
   shutil.copytree(tmp_path / 'fsdp', resumed)
   shutil.rmtree(resumed / 'checkpoints' / str(STEPS))
   config = _config(True)
-  summary = train.train(config, str(resumed))
+  summary = training.train(config, str(resumed))
   assert summary['start_step'] == EVERY and summary['final_step'] == STEPS
   again = _losses(resumed)
   np.testing.assert_allclose(
@@ -145,6 +143,6 @@ def test_fsdp_sharding_rule():
   config = tiny_config('fixed')
   config.train.fsdp = True
   model = config_lib.create_model(config)
-  shardings = state_lib.train_state_shardings(config, model, mesh)
+  shardings = train_state.train_state_shardings(config, model, mesh)
   assert tuple(shardings.step.spec) == ()
   assert any(tuple(s.spec) for s in jax.tree.leaves(shardings.params))

@@ -34,6 +34,7 @@ class Case:
   args: tuple[str, ...]
   phrase: str  # must appear in the `error: ...` line
   module: str = ''  # '' = launch.py
+  interpreter_flags: tuple[str, ...] = ()  # for python itself, e.g. ('-X', 'importtime')
 
   @property
   def needs_run(self) -> bool:
@@ -51,12 +52,24 @@ CASES = {
     '--config=configs/curriculum.py:tiny', phrase="Unknown preset 'tiny'; choose one of"
   ),
   'unknown_config_key': launch('--config.train.stepz=3', phrase="unknown config key 'stepz'"),
-  'override_does_not_parse': launch('--config.train.steps=1.5', phrase='--config.train.steps'),
+  'override_does_not_parse': launch(
+    '--config.train.steps=1.5', phrase='does not parse: train.steps takes an int'
+  ),
+  'stray_positional_argument': launch('foo', phrase="unexpected argument 'foo'"),
+  'processes_without_coordinator': launch(
+    '--num_processes=2', phrase='--num_processes and --process_id need --coordinator_address'
+  ),
+  'unknown_jax_flag': launch(
+    '--jax_bogus_flag', phrase="Unknown command line flag 'jax_bogus_flag'"
+  ),
   # Config values (config_lib.validate, before any JAX work).
   'unknown_strategy': launch(
-    '--config.latents.strategy=random', phrase="Unknown latents.strategy 'random'"
+    '--config.latents.strategy=random', phrase="Unknown latents.strategy='random'"
   ),
   'unknown_model_type': launch('--config.model.type=rnn', phrase="Unknown model.type='rnn'"),
+  'unknown_activation': launch(
+    '--config.model.activation=swish', phrase="Unknown model.activation='swish'"
+  ),
   'latents_above_window': launch(
     '--config.latents.max=40', phrase='latents.max=40 exceeds the window'
   ),
@@ -132,8 +145,11 @@ CASES = {
     phrase='params/cross_attend/mlp/fc_in/bias has shape (16,) there but (32,)',
   ),
   # The experiment runner.
-  'experiments_unknown_strategy': Case(
-    ('--out={workdir}', '--strategies=fixed_256,bogus'), "unknown strategy 'bogus'", EXPERIMENTS
+  'experiments_unknown_run': Case(
+    ('--out={workdir}', '--runs=fixed_256,bogus'), "unknown run 'bogus'", EXPERIMENTS
+  ),
+  'experiments_strategies_alias': Case(  # --strategies: the older name of --runs
+    ('--out={workdir}', '--strategies=fixed_256,bogus'), "unknown run 'bogus'", EXPERIMENTS
   ),
   'experiments_negative_steps': Case(
     ('--out={workdir}', '--steps=-3'), '--steps=-3 must be >= 0', EXPERIMENTS
@@ -147,18 +163,25 @@ OTHER_RUNS = {
   'long_prompt': launch(*SAMPLE, f'--config.sample.prompt={LONG_PROMPT}', phrase=''),
   'empty_prompt': launch(*SAMPLE, '--config.sample.prompt=', phrase=''),
   'planted_bug': launch('--config={data}/buggy_config.py', phrase=''),
+  # A bad setting, with python's import log: it must stop before JAX is imported.
+  'activation_import_log': Case(
+    ('--config.model.activation=swish',),
+    "Unknown model.activation='swish'",
+    interpreter_flags=('-X', 'importtime'),
+  ),
+  'jax_log_compiles': launch('--config.train.steps=2', '--jax_log_compiles', phrase=''),
 }
 
 # A config file whose training function has a bug: not a user error, so a traceback.
 BUGGY_CONFIG = """
-from perceiver_ar_vl import config_lib, train
+from perceiver_ar_vl import config_lib, training
 
 
 def _broken_train(config, workdir):
   raise ZeroDivisionError('planted bug')
 
 
-train.train = _broken_train
+training.train = _broken_train  # launch.py calls training.train
 
 
 def get_config(arg=None):
@@ -169,13 +192,17 @@ def get_config(arg=None):
 def command(case: Case, data: str, workdir: str, run: str) -> list[str]:
   args = [a.format(data=data, workdir=workdir, run=run) for a in case.args]
   if case.module:
-    return launch_command(*args, module=case.module)
-  names = {a.split('=', 1)[0] for a in args}
-  config = [a for a in args if a.startswith('--config=')] or [SMOKE]  # must come first
-  base = config + ([] if '--workdir' in names else [f'--workdir={workdir}'])
-  # A repeated tuple override would extend the tuple: the case's own value replaces TINY's.
-  tiny = [a for a in TINY_LAUNCH_ARGS if a.split('=', 1)[0] not in names]
-  return launch_command(*base, *tiny, *[a for a in args if not a.startswith('--config=')])
+    python, *rest = launch_command(*args, module=case.module)
+  else:
+    names = {a.split('=', 1)[0] for a in args}
+    config = [a for a in args if a.startswith('--config=')] or [SMOKE]  # must come first
+    base = config + ([] if '--workdir' in names else [f'--workdir={workdir}'])
+    # A repeated tuple override would extend the tuple: the case's own value replaces TINY's.
+    tiny = [a for a in TINY_LAUNCH_ARGS if a.split('=', 1)[0] not in names]
+    python, *rest = launch_command(
+      *base, *tiny, *[a for a in args if not a.startswith('--config=')]
+    )
+  return [python, *case.interpreter_flags, *rest]
 
 
 @pytest.fixture(scope='module')
@@ -247,6 +274,26 @@ def test_a_real_bug_keeps_its_traceback(results):
   assert result.returncode not in (0, 2)
   assert 'Traceback' in result.stderr and 'ZeroDivisionError: planted bug' in result.stderr
   assert not any(s.startswith('error: ') for s in result.stderr.splitlines())
+
+
+def test_a_bad_setting_stops_before_jax_is_imported(results):
+  result = results['activation_import_log']
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert OTHER_RUNS['activation_import_log'].phrase in last_line(result.stderr)
+  imported = [
+    line.rsplit('|', 1)[1].strip()
+    for line in result.stderr.splitlines()
+    if line.startswith('import time:') and '|' in line
+  ]
+  assert 'perceiver_ar_vl.config_lib' in imported  # the log is there
+  assert not [m for m in imported if m.split('.')[0] in ('jax', 'jaxlib', 'flax')]
+
+
+def test_jax_flags_are_accepted(results):
+  result = results['jax_log_compiles']
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Finished tracing' in result.stderr or 'Compiling' in result.stderr
+  assert 'step 2/2' in result.stderr
 
 
 def test_a_failed_resume_keeps_the_runs_config(results, trained_launch_run):

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import byte_datasets, checkpoints, config_lib, metrics
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import checkpoints, config_lib, run_files, train_state
+from perceiver_ar_vl.data import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 8, 4
@@ -97,7 +97,8 @@ def _tail(path, chars: int = 3000) -> str:
 
 
 def _step_records(workdir) -> dict[int, dict]:
-  records = [r for r in metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl')) if 'loss' in r]
+  path = os.path.join(workdir, run_files.METRICS_FILE)
+  records = [r for r in run_files.read_jsonl(path) if 'loss' in r]
   by_step = {r['step']: r for r in records}
   assert len(by_step) == len(records), 'a step was written twice (more than one writer?)'
   return by_step
@@ -197,7 +198,7 @@ def test_two_processes_stop_together_and_train_exactly_like_one_process(tmp_path
   bits = [
     [
       r['validation_bits_per_byte']
-      for r in metrics.read_jsonl(os.path.join(w, 'metrics.jsonl'))
+      for r in run_files.read_jsonl(os.path.join(w, run_files.METRICS_FILE))
       if 'validation_bits_per_byte' in r
     ]
     for w in (multi, single)
@@ -207,8 +208,8 @@ def test_two_processes_stop_together_and_train_exactly_like_one_process(tmp_path
 
   # The multi-process checkpoint restores here and holds the reference's parameters.
   config = _config()
-  _, params, step = state_lib.restore_params(config, str(multi))
-  _, ref_params, ref_step = state_lib.restore_params(config, str(single))
+  _, params, step = train_state.restore_params(config, str(multi))
+  _, ref_params, ref_step = train_state.restore_params(config, str(single))
   assert step == ref_step == STEPS and jax.tree.leaves(params)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -224,14 +225,16 @@ from absl import logging
 logging.set_verbosity(logging.INFO)
 coordinator, process_id, path, data_dir = sys.argv[1:]
 jax.distributed.initialize(coordinator, num_processes=2, process_id=int(process_id))
-from perceiver_ar_vl import byte_datasets, data
-generate = byte_datasets.ByteFile._generate_examples
+from perceiver_ar_vl import config_choices, data
+from perceiver_ar_vl.data import builders
+generate = builders.ByteFile._generate_examples  # the tfds builder's example generator
 def slow_generate(*args):
   time.sleep(1.0)
   yield from generate(*args)
-byte_datasets.ByteFile._generate_examples = slow_generate
+builders.ByteFile._generate_examples = slow_generate
 dataset = data.make_dataset({'name': 'text_file', 'path': path, 'data_dir': data_dir}, 33)
-digests = {s: hashlib.sha256(dataset.split_bytes(s).tobytes()).hexdigest() for s in data.SPLITS}
+splits = config_choices.SPLITS
+digests = {s: hashlib.sha256(dataset.split_bytes(s).tobytes()).hexdigest() for s in splits}
 print('digests', json.dumps(digests))
 """
 
@@ -262,7 +265,7 @@ def test_two_processes_prepare_a_shared_dataset_once(tmp_path):
   # Process 0 prepared, process 1 waited and read the same files.
   preparing = [output.count('Preparing byte_file in') for output in outputs]
   assert preparing == [1, 0], outputs
-  train, valid, _ = byte_datasets.text_split_sizes(len(text))
+  train, valid, _ = sources.text_split_sizes(len(text))
   want = {
     'train': text[:train],
     'validation': text[train : train + valid],

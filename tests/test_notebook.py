@@ -8,7 +8,7 @@ import re
 import pytest
 from helpers import compilation_cache_env
 
-from perceiver_ar_vl import metrics
+from perceiver_ar_vl import run_files
 
 nbclient = pytest.importorskip('nbclient')
 nbformat = pytest.importorskip('nbformat')
@@ -60,15 +60,15 @@ def test_quickstart_notebook_runs(tmp_path, kernel_env):
   assert float(text.rsplit(':', 1)[1]) < 1e-3, text
 
   # 3. Training wrote metrics and the loss went down.
-  records = metrics.read_jsonl(str(workdir / 'metrics.jsonl'))
+  records = run_files.read_jsonl(str(workdir / run_files.METRICS_FILE))
   losses = [r['loss'] for r in records if 'loss' in r]
   assert len(losses) == 60
   assert losses[-1] < losses[0] - 1.0, (losses[0], losses[-1])
-  assert 'loss' in _cell_output(nb, 'metrics.read_jsonl')
+  assert 'loss' in _cell_output(nb, 'run_files.read_jsonl')
 
   # 4. Checkpoints, restore, and an immediate return when re-run.
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['30', '60']
-  assert 'restored at step 60' in _cell_output(nb, 'state.restore_params')
+  assert 'restored at step 60' in _cell_output(nb, 'train_state.restore_params')
   assert "'start_step': 60" in _cell_output(nb, 'start = time.perf_counter()')
 
   # 5. eval.json holds every split at every latent count of the sweep.

@@ -17,8 +17,7 @@ import time
 import pytest
 from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env, tiny_config
 
-from perceiver_ar_vl import checkpoints, errors, metrics, train
-from perceiver_ar_vl import state as state_lib
+from perceiver_ar_vl import checkpoints, errors, run_files, train_state, training
 
 STEPS, EVERY = 16, 4
 KILL_ARGS = (
@@ -78,7 +77,7 @@ def _kill_when(proc: subprocess.Popen, ready, log_path) -> None:
 
 def _records(workdir) -> tuple[dict[int, float], list[float]]:
   """({step: loss}, [validation bits]) from metrics.jsonl; a step logged twice fails."""
-  records = metrics.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  records = run_files.read_jsonl(os.path.join(workdir, run_files.METRICS_FILE))
   losses = [(r['step'], r['loss']) for r in records if 'loss' in r]
   assert len(losses) == len(dict(losses)), 'a step was logged twice'
   return dict(losses), [
@@ -154,7 +153,7 @@ def finished_run(tmp_path_factory):
   config = tiny_config('fixed', steps=12)
   config.train.update(checkpoint_every=4, keep_checkpoints=2)
   workdir = tmp_path_factory.mktemp('finished_run')
-  return config, workdir, train.train(config, str(workdir))
+  return config, workdir, training.train(config, str(workdir))
 
 
 def _truncate_arrays(step_dir) -> None:
@@ -175,7 +174,7 @@ def test_a_damaged_newest_step_is_skipped_with_a_warning(finished_run, tmp_path,
   shutil.copytree(ckpt / '8', ckpt / '16.orbax-checkpoint-tmp')  # a write that never finished
 
   with caplog.at_level(logging.WARNING):
-    got = train.train(config, str(workdir))
+    got = training.train(config, str(workdir))
 
   warnings = ' '.join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
   assert 'Skipping checkpoint step 12' in warnings and 'Resuming from step 8' in warnings
@@ -187,7 +186,7 @@ def test_a_damaged_newest_step_is_skipped_with_a_warning(finished_run, tmp_path,
   # The damaged step is kept aside, step 12 saved again, the unfinished write removed.
   assert (workdir / checkpoints.UNREADABLE_DIR / '12').is_dir()
   assert sorted(os.listdir(ckpt)) == ['12', '8']
-  _, _, step = state_lib.restore_params(config, str(workdir))
+  _, _, step = train_state.restore_params(config, str(workdir))
   assert step == 12
 
 
@@ -198,7 +197,7 @@ def test_no_intact_checkpoint_is_a_one_line_error_not_a_fresh_start(finished_run
   _truncate_arrays(workdir / 'checkpoints' / '12')
   shutil.rmtree(workdir / 'checkpoints' / '8' / 'default')
   with pytest.raises(errors.UserError) as raised:
-    train.train(config, str(workdir))
+    training.train(config, str(workdir))
   message = str(raised.value)
   assert isinstance(raised.value, checkpoints.CheckpointError) and '\n' not in message
   assert 'No intact checkpoint' in message and '[12, 8]' in message
