@@ -1,16 +1,18 @@
-"""Pins perceiver_ar_vl/attention.py: kernels against a float64 numpy reference, rotary."""
+"""Pins perceiver_ar_vl/layers/attention.py (with its kernels and rotary): kernels against a
+float64 numpy reference, rotary."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import attention
+from perceiver_ar_vl.layers import attention, kernels, rotary
+from perceiver_ar_vl.layers.masks import causal_mask
 
 
 def numpy_rotary(x, positions, fraction, max_wavelength):
   """float64 rotary: channel pairs (i, i + R/2) of the first R channels rotate."""
-  rot = attention.rotary_dims(x.shape[-1], fraction)
+  rot = rotary.rotary_dims(x.shape[-1], fraction)
   half = rot // 2
   inv_freq = max_wavelength ** (-np.arange(half) / half)
   ang = positions[..., None].astype(np.float64) * inv_freq  # [B, T, F]
@@ -46,7 +48,7 @@ def test_attention_layer_matches_float64_reference(impl):
   key_ok = rng.random((b, t)) > 0.3
   mask = (kv_pos[:, None, :] <= q_pos[:, :, None]) & key_ok[:, None, :]
   mask |= kv_pos[:, None, :] == q_pos[:, :, None]
-  spec = attention.causal_mask(q_pos, kv_pos, key_ok)
+  spec = causal_mask(q_pos, kv_pos, key_ok)
   np.testing.assert_array_equal(np.asarray(spec.dense()), mask)
   layer = attention.MultiHeadAttention(
     num_heads=h, d_model=d, rotary_fraction=0.5, max_wavelength=100.0, attention_impl=impl
@@ -63,10 +65,10 @@ def test_rotary_matches_reference_and_keeps_pass_through_channels():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(2, 6, 3, 16))
   pos = np.broadcast_to(np.arange(6) * 7, (2, 6))
-  got = attention.apply_rotary(jnp.asarray(x, jnp.float32), jnp.asarray(pos), 0.5, 1000.0)
+  got = rotary.apply_rotary(jnp.asarray(x, jnp.float32), jnp.asarray(pos), 0.5, 1000.0)
   np.testing.assert_allclose(np.asarray(got), numpy_rotary(x, pos, 0.5, 1000.0), atol=1e-5)
   np.testing.assert_array_equal(np.asarray(got)[..., 8:], x[..., 8:].astype(np.float32))
-  assert attention.rotary_dims(64, 0.5) == 32 and attention.rotary_dims(10, 0.5) == 4
+  assert rotary.rotary_dims(64, 0.5) == 32 and rotary.rotary_dims(10, 0.5) == 4
 
 
 def test_rotary_scores_depend_on_relative_position_only():
@@ -75,8 +77,8 @@ def test_rotary_scores_depend_on_relative_position_only():
   k = jnp.asarray(rng.normal(size=(1, 1, 2, 16)), jnp.float32)
 
   def score(pq, pk):
-    rq = attention.apply_rotary(q, jnp.array([[pq]]), 1.0, 10_000.0)
-    rk = attention.apply_rotary(k, jnp.array([[pk]]), 1.0, 10_000.0)
+    rq = rotary.apply_rotary(q, jnp.array([[pq]]), 1.0, 10_000.0)
+    rk = rotary.apply_rotary(k, jnp.array([[pk]]), 1.0, 10_000.0)
     return float(jnp.sum(rq * rk))
 
   base = score(10, 3)
@@ -89,4 +91,4 @@ def test_unknown_kernel_is_a_clear_error():
   x = jnp.zeros((1, 2, 1, 4))
   with pytest.raises(ValueError, match='attention_impl'):
     pos = jnp.zeros((1, 2), jnp.int32)
-    attention.dot_product_attention(x, x, x, attention.causal_mask(pos, pos, pos >= 0), 'flash')
+    kernels.dot_product_attention(x, x, x, causal_mask(pos, pos, pos >= 0), 'flash')

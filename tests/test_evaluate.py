@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import evaluate, metrics, models, sampling, train
+from perceiver_ar_vl import evaluate, models, run_files, sampling, training
 
 M = 16
 
@@ -94,10 +94,10 @@ def test_max_bytes_limits_the_scored_prefix(tiny_model):
 def test_eval_after_restore_reproduces_the_logged_validation_figure(tmp_path, capsys):
   config = tiny_config('uniform', steps=8)
   config.train.eval_max_bytes = 300
-  summary = train.train(config, str(tmp_path))
+  summary = training.train(config, str(tmp_path))
   logged = [
     r['validation_bits_per_byte']
-    for r in metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+    for r in run_files.read_jsonl(str(tmp_path / 'metrics.jsonl'))
     if 'validation_bits_per_byte' in r
   ]
   assert logged[-1] == pytest.approx(summary['validation_bits'], rel=1e-6)

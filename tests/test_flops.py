@@ -1,4 +1,5 @@
-"""Pins perceiver_ar_vl/flops.py against the matmuls that the models actually trace."""
+"""Pins perceiver_ar_vl/experiments/flops.py against the matmuls that the models actually
+trace, and against the FLOP formula written out by hand."""
 
 import jax
 import jax.extend
@@ -6,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import config_lib, flops, models
+from perceiver_ar_vl import config_lib, models
+from perceiver_ar_vl.experiments import flops
 
 
 def traced_matmul_flops(fn, *args) -> int:
@@ -31,43 +33,34 @@ SIZE = dict(num_layers=3, num_heads=2, d_model=16, mlp_dim=48, max_context=40, v
 
 
 @pytest.mark.parametrize(
-  'model_type, bucket, segment',
+  'model_type, bucket, options',
   [
-    ('perceiver_ar', 8, None),
-    ('perceiver_ar', 40, None),
-    ('transformer', 40, None),
-    ('ecp', 40, 8),
-    ('ecp', 40, 40),  # one segment: the Transformer's count
+    ('perceiver_ar', 8, {}),
+    ('perceiver_ar', 40, {}),
+    ('perceiver_ar', 8, dict(num_cross_attend_heads=1, cross_attend_mlp_dim=24)),
+    ('transformer', 40, {}),
+    ('ecp', 40, dict(segment_length=8)),
+    ('ecp', 40, dict(segment_length=40)),  # one segment: the Transformer's count
   ],
 )
-def test_forward_flops_equal_the_traced_matmuls(model_type, bucket, segment):
+def test_forward_flops_equal_the_traced_matmuls(model_type, bucket, options):
   tokens = jnp.zeros((3, 40), jnp.int32)
-  if model_type == 'perceiver_ar':
-    model = models.PerceiverAR(**SIZE, attention_impl='einsum')
-    params = model.init(jax.random.PRNGKey(0), tokens, num_latents=bucket)
-    fn = lambda p, t: model.apply(p, t, num_latents=bucket)
-  else:
-    extra = {} if model_type == 'transformer' else dict(segment_length=segment)
-    cls = models.Transformer if model_type == 'transformer' else models.ECP
-    model = cls(**SIZE, attention_impl='einsum', **extra)
-    params = model.init(jax.random.PRNGKey(0), tokens)
-    fn = model.apply
-  want = traced_matmul_flops(fn, params, tokens)
-  size = {k: v for k, v in SIZE.items() if k not in ('num_heads', 'max_context')}
-  got = flops.forward_flops(
-    model_type, **size, context=40, num_latents=bucket, segment_length=segment, batch=3
-  )
-  assert got == want
+  model = models.MODELS[model_type](**SIZE, attention_impl='einsum', **options)
+  variables = model.init_variables(jax.random.PRNGKey(0))
+  want = traced_matmul_flops(lambda v, t: model.forward(v, t, bucket, bucket), variables, tokens)
+  assert flops.forward_flops(model, bucket, batch=3) == want
 
 
 def test_train_step_flops_from_config():
+  """The seed model (d 512, MLP 2048, 6 layers, vocab 256) at M = 1024, B = 512: one
+  cross-attend (512 queries over 1024 keys), 5 latent layers (512 over 512), the head over
+  512 slots; 2 FLOPs a multiply-add; train = 3 x forward."""
   c = config_lib.strategy_config('fixed_512', 'gpu')
+  d, f, v = 512, 2048, 256
+  layer = lambda s, t: 4 * s * d * d + 4 * t * d * d + 4 * s * t * d + 4 * s * d * f
+  forward = layer(512, 1024) + 5 * layer(512, 512) + 2 * 512 * d * v
   got = flops.train_step_flops(c, 512, batch=1)
-  m = c.model
-  forward = flops.forward_flops(
-    'perceiver_ar', num_layers=6, d_model=512, mlp_dim=2048, context=m.max_context, num_latents=512
-  )
   assert got == 3 * forward
   assert flops.train_step_flops(c, 512) == c.train.batch_size * got
-  with pytest.raises(ValueError, match='num_latents'):
-    flops.train_step_flops(c, m.max_context + 1)
+  with pytest.raises(ValueError, match='bucket must be in'):
+    flops.train_step_flops(c, c.model.max_context + 1)

@@ -1,4 +1,5 @@
-"""Pins perceiver_ar_vl/models.py: bucket padding invariance, causality, masks, compiles."""
+"""Pins perceiver_ar_vl/models (Perceiver AR and the Transformer): bucket padding invariance,
+causality, masks, compiles, parameter counts, and the interface every model implements."""
 
 import jax
 import jax.numpy as jnp
@@ -61,15 +62,31 @@ def test_active_logits_do_not_depend_on_bucket(perceiver, n, b1, b2):
 
 
 def test_inactive_slots_are_not_attended(perceiver):
-  """Without the inactive-key mask the active logits would change with the padding tokens'
-  values only through the latent stack; pin that the latent stack ignores them."""
+  """The B - N inactive slots hold window positions (their tokens are real inputs of the
+  cross-attend) but are masked out as keys of the latent stack: changing the tokens at
+  those positions may change only what every active latent sees through the cross-attend.
+  Pinned by comparing with the unpadded run (bucket = N), where those positions are plain
+  prefix: both must agree whatever the tokens in the inactive slots, while changing an
+  active slot's token does change the active logits."""
   model, params = perceiver
-  tokens = random_tokens(1)
   n, b = 4, 16
+  tokens = random_tokens(1)
+  other = tokens.at[:, M - b : M - n].set((tokens[:, M - b : M - n] + 7) % 256)
+  for window in (tokens, other):
+    padded = model.apply(params, window, num_latents=n, bucket=b)
+    unpadded = model.apply(params, window, num_latents=n, bucket=n)
+    np.testing.assert_allclose(padded[:, -n:], unpadded, atol=1e-5)
+  # The inactive slots' values reach the active latents only as cross-attend keys, exactly
+  # as in the unpadded run; without the latent-stack mask they would also be latent keys.
   full = model.apply(params, tokens, num_latents=b, bucket=b)
-  part = model.apply(params, tokens, num_latents=n, bucket=b)
-  # With N=B every slot is a key, so the last N logits differ from the N-active run.
-  assert not np.allclose(full[:, -n:], part[:, -n:], atol=1e-4)
+  assert not np.allclose(
+    full[:, -n:], model.apply(params, tokens, num_latents=n, bucket=b)[:, -n:], atol=1e-4
+  )
+  active = tokens.at[:, M - 2].set((tokens[:, M - 2] + 7) % 256)
+  moved = model.apply(params, active, num_latents=n, bucket=b)
+  assert not np.allclose(
+    moved[:, -1], model.apply(params, tokens, num_latents=n, bucket=b)[:, -1], atol=1e-4
+  )
 
 
 def test_one_compilation_per_bucket_for_65_97_128():
@@ -165,17 +182,42 @@ def test_left_padding_mask_hides_padded_tokens(perceiver, transformer):
   assert not np.allclose(model.apply(params, tokens)[:, pad:], a[:, pad:], atol=1e-4)
 
 
-def test_seed_size_parameter_count():
-  model = models.PerceiverAR(
-    num_layers=6, num_heads=8, d_model=512, mlp_dim=2048, vocab_size=256, max_context=1024
+def block_parameters(d: int, f: int, cross: bool) -> int:
+  """One pre-LN block: LayerNorms (scale, bias; a cross-attend has one more, for its keys and
+  values), q/k/v/out projections with biases, an MLP d -> f -> d with biases."""
+  layer_norms = (3 if cross else 2) * 2 * d
+  return layer_norms + 4 * (d * d + d) + (d * f + f) + (f * d + d)
+
+
+@pytest.mark.parametrize('model_type', ['perceiver_ar', 'transformer'])
+def test_seed_size_parameter_count(model_type):
+  """The seed size (6 layers, 8 heads, d 512, MLP 2048, vocab 256) against a count written
+  from the architecture: embedding, blocks, final LayerNorm, head."""
+  d, f, v, layers = 512, 2048, 256, 6
+  model = models.MODELS[model_type](
+    num_layers=layers, num_heads=8, d_model=d, mlp_dim=f, vocab_size=v, max_context=1024
   )
-  shapes = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1024), jnp.int32), num_latents=256)
-  )
+  shapes = jax.eval_shape(model.init_variables, jax.random.PRNGKey(0))
   count = sum(x.size for x in jax.tree.leaves(shapes))
-  print(f'PerceiverAR seed size: {count:,} parameters')
-  assert 12_000_000 <= count <= 20_000_000
-  assert count == 19_178_752  # the figure printed in README
+  crosses = 1 if model_type == 'perceiver_ar' else 0
+  blocks = crosses * block_parameters(d, f, True) + (layers - crosses) * block_parameters(
+    d, f, False
+  )
+  assert count == v * d + blocks + 2 * d + (d * v + v)
+
+
+def test_every_model_implements_the_interface():
+  """Each registered model overrides what the base leaves abstract, and its registry entry
+  says what its class says about scoring every position."""
+  from perceiver_ar_vl import config_choices
+  from perceiver_ar_vl.models.base import LanguageModel
+
+  abstract = ('window_logits', 'prefill_cache', 'extend_cache', 'needs_prefill', 'attention_shapes')
+  for name, cls in models.MODELS.items():
+    assert issubclass(cls, LanguageModel)
+    for method in abstract:
+      assert getattr(cls, method) is not getattr(LanguageModel, method), (name, method)
+    assert config_choices.MODEL_TYPES[name].scores_every_position == cls.scores_every_position
 
 
 @pytest.mark.parametrize(

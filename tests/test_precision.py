@@ -1,4 +1,4 @@
-"""Pins mixed precision (models/, attention_kernels.py, config_lib.py): bf16 compute with
+"""Pins mixed precision (models/, layers/kernels.py, config_lib.py): bf16 compute with
 float32 parameters, softmax statistics, head and loss; backward matmuls in one dtype."""
 
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import TINY_MODEL, TINY_WINDOW, tiny_config
 
-from perceiver_ar_vl import config_lib, errors, losses, models, train
+from perceiver_ar_vl import config_lib, errors, losses, models, training
 
 M = TINY_WINDOW
 
@@ -17,7 +17,7 @@ def loss_fn(model, bucket):
   window = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, M + 1)), jnp.int32)
 
   def loss(params):
-    logits = models.forward_logits(model, params, window[:, :-1], bucket, bucket)
+    logits = model.forward(params, window[:, :-1], bucket, bucket)
     assert logits.dtype == jnp.float32
     return losses.cross_entropy_loss(logits, window, bucket).nats
 
@@ -85,7 +85,7 @@ def test_bfloat16_training_reaches_the_float32_result(tmp_path):
     config = tiny_config('fixed', steps=200)
     config.model.dtype = dtype
     config.train.update(log_every=50, checkpoint_every=200)
-    bits[dtype] = train.train(config, str(tmp_path / dtype))['validation_bits']
+    bits[dtype] = training.train(config, str(tmp_path / dtype))['validation_bits']
   assert bits['float32'] < 6.0  # it learned something (8 bits = chance)
   assert abs(bits['bfloat16'] - bits['float32']) < 0.15, bits
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from perceiver_ar_vl import losses, models
+from perceiver_ar_vl.models.base import REMAT_POLICIES
 
 SIZE = dict(num_layers=3, num_heads=2, d_model=32, mlp_dim=128, max_context=64, dropout_rate=0.1)
 
@@ -24,14 +25,8 @@ def loss_and_grads(model_cls, remat, impl='einsum', batch=2):
   )
 
   def loss(params):  # with dropout: the recomputed forward must draw the same masks
-    logits = models.forward_logits(
-      model,
-      params,
-      window[:, :-1],
-      bucket,
-      bucket,
-      deterministic=False,
-      rngs={'dropout': jax.random.PRNGKey(2)},
+    logits = model.forward(
+      params, window[:, :-1], bucket, bucket, rngs={'dropout': jax.random.PRNGKey(2)}
     )
     return losses.cross_entropy_loss(logits, window, bucket).nats
 
@@ -62,7 +57,7 @@ def test_each_block_is_rematerialised_with_its_policy(remat, expected):
   regions = [e for e in jaxpr.eqns if e.primitive.name.startswith(('checkpoint', 'remat'))]
   assert len(regions) == expected
   if expected:
-    assert {e.params['policy'] for e in regions} == {models.REMAT_POLICIES[remat]}
+    assert {e.params['policy'] for e in regions} == {REMAT_POLICIES[remat]}
 
 
 def test_unknown_remat_is_a_clear_error():
