@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from helpers import embedding_influence, tiny_config
 
-from perceiver_ar_vl import evaluate, models, sampling, state, train
+from perceiver_ar_vl import evaluate, models, sampling, train_state, training
+from perceiver_ar_vl.models.ecp import segment_attention
 
 M, SEG = 32, 8
 SIZE = dict(num_heads=2, d_model=16, mlp_dim=32, max_context=M, dropout_rate=0.0)
@@ -102,7 +103,7 @@ def test_segment_attention_equals_dense_masked_reference(impl):
   def loss(fn):
     return lambda *a: jnp.sum(fn(*a) * w)
 
-  blocked = lambda *a: models.segment_attention(*a, positions, key_ok, 6, impl)
+  blocked = lambda *a: segment_attention(*a, positions, key_ok, 6, impl)
   np.testing.assert_allclose(blocked(q, kk, v), reference(q, kk, v), atol=1e-5)
   got = jax.grad(loss(blocked), argnums=(0, 1, 2))(q, kk, v)
   want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, kk, v)
@@ -126,9 +127,10 @@ def test_each_authors_option_changes_the_function(option):
 
 
 def test_memory_follows_window_times_segment():
-  """4x the window at a fixed segment costs ~4x the train-step temporaries (a dense
-  Transformer's cost 16x): measured 5.0x for n = 1024 -> 4096 (fixed-size parts weigh more
-  at n = 1024) and 4.1x for 2048 -> 8192."""
+  """Bounds from the memory model: at a fixed segment m the train step holds [n, 2m] scores
+  per head, never the dense [n, n] ones (at n = 8192, 2 heads: 512 MiB in float32), so its
+  temporaries stay below a quarter of one head's [n, n] float32 matrix, and 4x the window costs
+  well under the 16x of quadratic growth."""
 
   def temporaries(n):
     model = models.ECP(**{**SIZE, 'max_context': n}, num_layers=1, segment_length=64)
@@ -138,8 +140,8 @@ def test_memory_follows_window_times_segment():
     return grad.lower(params, toks).compile().memory_analysis().temp_size_in_bytes
 
   sizes = {n: temporaries(n) for n in (1024, 2048, 4096, 8192)}
-  assert sizes[4096] / sizes[1024] < 5.5, sizes
-  assert sizes[8192] / sizes[2048] < 4.5, sizes
+  assert sizes[8192] < 8192 * 8192 * 4 / 4, sizes
+  assert sizes[8192] < 8 * sizes[2048] and sizes[4096] < 8 * sizes[1024], sizes
 
 
 def test_window_must_be_whole_segments():
@@ -150,13 +152,16 @@ def test_window_must_be_whole_segments():
 
 def test_ecp_trains_evaluates_and_samples(tmp_path):
   config = tiny_config('fixed', steps=6, model_type='ecp')
-  summary = train.train(config, str(tmp_path))
-  assert summary['final_step'] == 6 and 0 < summary['validation_bits'] < 9
+  summary = training.train(config, str(tmp_path))
+  # Untrained (a zero head) it scores log2(256) = 8 bits a byte; the copy task's bytes come
+  # from 16 symbols, so learning their frequencies alone brings it towards 4: six steps must
+  # have learned at least half a bit.
+  assert summary['final_step'] == 6 and summary['validation_bits'] < 7.5, summary
   config.eval.update(mode='blocks', splits=('validation',))
   report = evaluate.evaluate(config, str(tmp_path))
   (row,) = [r for r in report['results'] if r['split'] == 'validation']
   assert row['bits'] == pytest.approx(summary['validation_bits'], rel=0.05)
-  model, params, _ = state.restore_params(config, str(tmp_path))
+  model, params, _ = train_state.restore_params(config, str(tmp_path))
   prompt = np.full((2, 5), 65, np.int32)
   kwargs = dict(length=6, num_latents=M, temperature=0.0)
   cached = sampling.sample(model, params, prompt, cached=True, **kwargs)

@@ -1,5 +1,5 @@
-"""Pins ECP's cached sampler (decoding_cache.ECPCache, ecp_prefill/ecp_extend) and the
-segment-aligned window both ECP paths share (decoding_cache.ecp_origin): cached == uncached
+"""Pins ECP's cached sampler (models/ecp_cache.py: ECPCache; ECP.prefill/extend) and the
+segment-aligned window both ECP paths share (ECP.window_origin): cached == uncached
 == the model's forward pass on the aligned window, across segment boundaries and window jumps
 (resets), for every author option and both position encodings."""
 
@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import decoding_cache, models, sampling
+from perceiver_ar_vl import models, sampling
+from perceiver_ar_vl.models import ecp_cache
+from perceiver_ar_vl.sampling import decode
 
 M, SEG = 32, 8  # S = 4 segments; 2 layers keep min(S - 1, L) = 2 segments: jumps of 16 bytes
 SIZE = dict(num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=M, dropout_rate=0.0)
@@ -50,21 +52,25 @@ def forward(model, variables, tokens_BxT, return_keys_values=False):
 def aligned_logits(model, params, sequence_BxT, context_len):
   """The model on the window [origin, origin + M) of the sequence (zeros after the last
   byte), logits of the last byte: what both ECP paths must give."""
-  origin = int(decoding_cache.ecp_origin(model, context_len))
+  origin = int(model.window_origin(context_len))
   window = np.zeros((sequence_BxT.shape[0], M), np.int32)
   window[:, : context_len - origin] = sequence_BxT[:, origin:context_len]
   return np.asarray(forward(model, params, jnp.asarray(window)))[:, context_len - 1 - origin]
+
+
+def kept(model):
+  return ecp_cache.kept_segments(model.max_context, model.segment_length, model.num_layers)
 
 
 def test_origin_starts_at_zero_and_jumps_by_whole_segments():
   """Window [0, 32) until byte 31; byte 32 starts [16, 48) (its own segment is the window's
   third: two full segments kept, the model's 2 layers), byte 48 [32, 64), ..."""
   model = ecp()
-  assert decoding_cache.ecp_kept_segments(model) == 2
-  origins = [int(decoding_cache.ecp_origin(model, last + 1)) for last in range(90)]
+  assert kept(model) == 2
+  origins = [int(model.window_origin(last + 1)) for last in range(90)]
   assert origins == [0] * 32 + [16] * 16 + [32] * 16 + [48] * 16 + [64] * 10
-  assert decoding_cache.ecp_kept_segments(ecp(num_layers=5)) == 3  # at most S - 1
-  assert decoding_cache.ecp_kept_segments(ecp(max_context=SEG)) == 0  # one segment
+  assert kept(ecp(num_layers=5)) == 3  # at most S - 1
+  assert kept(ecp(max_context=SEG)) == 0  # one segment
 
 
 @pytest.mark.parametrize('option', list(OPTIONS))
@@ -106,9 +112,9 @@ def test_prefill_holds_the_forward_pass_keys_values(option, context_len):
   """Each usable ring slot (the previous and the current segment up to the last byte) holds
   the keys/values that the model's forward pass computes at that window position."""
   model, params = ecp(option), variables(option)
-  right_aligned = decoding_cache.left_padded_window(prompt(2, length=context_len), M)
-  logits, cache = jax.jit(decoding_cache.ecp_prefill, static_argnums=0)(
-    model, params, jnp.asarray(right_aligned), context_len
+  right_aligned = decode.left_padded_window(prompt(2, length=context_len), M)
+  logits, cache = jax.jit(model.prefill, static_argnums=(2, 3, 4))(
+    params, jnp.asarray(right_aligned), context_len, M, M
   )
   origin = int(cache.origin)
   window = np.zeros_like(right_aligned)
@@ -129,7 +135,7 @@ def test_a_cached_sample_split_over_several_calls_is_the_same(monkeypatch):
   model, params = ecp(), variables('default')
   kwargs = dict(length=40, num_latents=M, seed=4, return_logits=True)
   tokens, logits = sampling.sample(model, params, prompt(3), **kwargs)
-  monkeypatch.setattr(sampling, 'STEPS_PER_CALL', 7)
+  monkeypatch.setattr(decode, 'STEPS_PER_CALL', 7)
   split_tokens, split_logits = sampling.sample(model, params, prompt(3), **kwargs)
   np.testing.assert_array_equal(split_tokens, tokens)
   np.testing.assert_allclose(split_logits, logits, atol=1e-6, rtol=0)

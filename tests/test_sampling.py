@@ -1,4 +1,5 @@
-"""Pins perceiver_ar_vl/sampling.py: cached == uncached, the model itself, filters, seeds."""
+"""Pins perceiver_ar_vl/sampling (decode.py, filters.py, text.py): cached == uncached, the
+model itself, filters, seeds."""
 
 import functools
 
@@ -9,6 +10,7 @@ import pytest
 from helpers import TINY_MODEL, TINY_WINDOW
 
 from perceiver_ar_vl import models, sampling
+from perceiver_ar_vl.sampling import decode, filters
 
 M = TINY_WINDOW
 TINY = TINY_MODEL
@@ -17,9 +19,7 @@ TINY = TINY_MODEL
 def random_variables(model, seed):
   """Random variables of the model's shapes (no init compile): LayerNorm scales near 1, every
   other parameter N(0, 0.1^2), so that the (otherwise zero) head gives informative logits."""
-  shapes = jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, M), jnp.int32), **init_kwargs(model))
-  )
+  shapes = jax.eval_shape(model.init_variables, jax.random.PRNGKey(0))
   rng = np.random.default_rng(seed)
 
   def leaf(path, shape_dtype):
@@ -27,10 +27,6 @@ def random_variables(model, seed):
     return jnp.asarray(1 + 0.05 * noise if path[-1].key == 'scale' else 0.1 * noise)
 
   return jax.tree_util.tree_map_with_path(leaf, shapes)
-
-
-def init_kwargs(model):
-  return dict(num_latents=8) if isinstance(model, models.PerceiverAR) else {}
 
 
 @pytest.fixture(scope='module')
@@ -47,12 +43,9 @@ def transformer():
 
 @functools.partial(jax.jit, static_argnames='model')
 def model_last_logits(model, variables, window_BxM, mask_BxM, num_latents):
-  """model.apply on a window (Perceiver AR at bucket M, so not the sampler's bucket N)."""
-  if isinstance(model, models.PerceiverAR):
-    logits = model.apply(variables, window_BxM, num_latents, bucket=M, input_mask=mask_BxM)
-  else:
-    logits = model.apply(variables, window_BxM, input_mask=mask_BxM)
-  return logits[:, -1]
+  """The model's forward pass on a window (Perceiver AR at bucket M, so not the sampler's
+  bucket N)."""
+  return model.forward(variables, window_BxM, num_latents, M, input_mask=mask_BxM)[:, -1]
 
 
 def left_padded(tokens_BxT):
@@ -182,7 +175,7 @@ def test_greedy_takes_the_argmax_of_each_step(perceiver):
 def test_draw_is_jax_categorical_of_the_filtered_logits(temperature, top_k, top_p):
   """The loop draws each step's Gumbel noise ahead, for a whole call at once; the tokens are
   still jax.random.categorical(fold_in(PRNGKey(seed), step), filter_logits(logits))."""
-  knobs = sampling._Knobs(
+  knobs = filters.Knobs(
     jax.random.PRNGKey(5), jnp.float32(temperature), jnp.int32(top_k), jnp.float32(top_p)
   )
   logits_BxV = 3 * jax.random.normal(jax.random.PRNGKey(2), (3, 256))
@@ -190,8 +183,8 @@ def test_draw_is_jax_categorical_of_the_filtered_logits(temperature, top_k, top_
 
   @jax.jit
   def both(logits_BxV):
-    noise_SxBxV = sampling._gumbel_noise(knobs, steps_S, logits_BxV.shape)
-    got_SxB = jax.vmap(lambda noise: sampling._draw(logits_BxV, knobs, noise))(noise_SxBxV)
+    noise_SxBxV = filters.gumbel_noise(knobs, steps_S, logits_BxV.shape)
+    got_SxB = jax.vmap(lambda noise: filters.draw(logits_BxV, knobs, noise))(noise_SxBxV)
     filtered_BxV = sampling.filter_logits(logits_BxV, temperature, top_k, top_p)
     draw = lambda step: jax.random.categorical(jax.random.fold_in(knobs.key, step), filtered_BxV)
     return got_SxB, jax.vmap(draw)(steps_S)
@@ -254,11 +247,17 @@ def test_steps_compile_once(perceiver):
   model, variables = perceiver
   kwargs = dict(num_latents=8, cached=True)
   sampling.sample(model, variables, prompt(7), length=12, **kwargs)
-  size = sampling._decode_loop._cache_size()
-  sampling.sample(
-    model, variables, prompt(8), length=17, seed=4, temperature=0.7, top_k=9, top_p=0.9, **kwargs
-  )
-  assert sampling._decode_loop._cache_size() == size
+  events = []
+  listener = lambda name, *args, **kwargs: events.append(name) if 'compil' in name else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  jax.monitoring.register_event_listener(listener)
+  try:
+    sampling.sample(
+      model, variables, prompt(8), length=17, seed=4, temperature=0.7, top_k=9, top_p=0.9, **kwargs
+    )
+  finally:
+    jax.monitoring.clear_event_listeners()
+  assert events == []
 
 
 @pytest.mark.parametrize('cached', [True, False])
@@ -268,7 +267,7 @@ def test_a_sample_split_over_several_calls_is_the_same(perceiver, monkeypatch, c
   model, variables = perceiver
   kwargs = dict(length=20, num_latents=8, cached=cached, seed=4, return_logits=True)
   tokens, logits = sampling.sample(model, variables, prompt(11), **kwargs)
-  monkeypatch.setattr(sampling, 'STEPS_PER_CALL', 7)
+  monkeypatch.setattr(decode, 'STEPS_PER_CALL', 7)
   split_tokens, split_logits = sampling.sample(model, variables, prompt(11), **kwargs)
   np.testing.assert_array_equal(split_tokens, tokens)
   np.testing.assert_allclose(split_logits, logits, atol=1e-6, rtol=0)
