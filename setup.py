@@ -25,7 +25,7 @@ setup(
   extras_require={
     'cuda12': ['jax[cuda12]>=0.6.0'],
     'test': [
-      'pytest>=8.0',
+      'pytest>=8.0,<9',  # pytest-xdist 3.8's --dist loadgroup does not group under pytest 9
       'pytest-xdist>=3.5',
       'ruff>=0.6',
       'nbclient>=0.10',

@@ -205,7 +205,7 @@ def command(case: Case, data: str, workdir: str, run: str) -> list[str]:
   return [python, *case.interpreter_flags, *rest]
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def results(tmp_path_factory, trained_launch_run):
   """{case name: CompletedProcess} for CASES and OTHER_RUNS, run concurrently."""
   data = tmp_path_factory.mktemp('launch_data')
