@@ -2,6 +2,9 @@
 Transformer equivalence, blocked attention against a dense reference, the authors' options,
 memory that follows n*m, and a train -> eval -> sample run through the library."""
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,6 +23,12 @@ def init(model, seed=0):
   params = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, M), jnp.int32))
   key = jax.random.PRNGKey(seed + 1)
   return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(key, p.shape), params)
+
+
+@functools.cache
+def jitted_apply(model):
+  """model.apply, jitted once per model (eager Flax is slow on CPU)."""
+  return jax.jit(model.apply)
 
 
 def tokens(seed, batch=1):
@@ -64,7 +73,7 @@ def test_causal_under_perturbation(position):
   params = init(model)
   a = tokens(1)
   b = a.at[0, position].set((a[0, position] + 1) % 256)
-  la, lb = model.apply(params, a), model.apply(params, b)
+  la, lb = jitted_apply(model)(params, a), jitted_apply(model)(params, b)
   np.testing.assert_array_equal(la[:, :position], lb[:, :position])
   changed = np.abs(np.asarray(la - lb)).sum(-1)[0] > 0
   assert changed[position] and changed[min(M - 1, (position // SEG + 3) * SEG - 1)]
@@ -77,8 +86,8 @@ def test_one_segment_with_default_options_is_the_transformer():
   toks = tokens(2, batch=2)
   valid = jnp.arange(M)[None, :] >= jnp.array([[0], [7]])  # second row left-padded
   np.testing.assert_allclose(
-    ecp.apply(params, toks, input_mask=valid),
-    transformer.apply(params, toks, input_mask=valid),
+    jitted_apply(ecp)(params, toks, input_mask=valid),
+    jitted_apply(transformer)(params, toks, input_mask=valid),
     atol=1e-6,
   )
 
@@ -104,8 +113,8 @@ def test_segment_attention_equals_dense_masked_reference(impl):
     return lambda *a: jnp.sum(fn(*a) * w)
 
   blocked = lambda *a: segment_attention(*a, positions, key_ok, 6, impl)
-  np.testing.assert_allclose(blocked(q, kk, v), reference(q, kk, v), atol=1e-5)
-  got = jax.grad(loss(blocked), argnums=(0, 1, 2))(q, kk, v)
+  np.testing.assert_allclose(jax.jit(blocked)(q, kk, v), reference(q, kk, v), atol=1e-5)
+  got = jax.jit(jax.grad(loss(blocked), argnums=(0, 1, 2)))(q, kk, v)
   want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, kk, v)
   for g, r in zip(got, want, strict=True):
     np.testing.assert_allclose(g, r, atol=1e-5)
@@ -122,25 +131,30 @@ def test_each_authors_option_changes_the_function(option):
     attn.setdefault('value', attn['key'])  # the default model needs a value projection
     attn.pop('out_segment0', None)
   toks = tokens(4)
-  difference = np.abs(np.asarray(variant.apply(params, toks) - default.apply(shared, toks)))
+  difference = np.abs(
+    np.asarray(jitted_apply(variant)(params, toks) - jitted_apply(default)(shared, toks))
+  )
   assert difference.max() > 1e-4
 
 
 def test_memory_follows_window_times_segment():
-  """Bounds from the memory model: at a fixed segment m the train step holds [n, 2m] scores
-  per head, never the dense [n, n] ones (at n = 8192, 2 heads: 512 MiB in float32), so its
-  temporaries stay below a quarter of one head's [n, n] float32 matrix, and 4x the window costs
-  well under the 16x of quadratic growth."""
+  """Bounds from the memory model, not from today's compiler: at a fixed segment m the train
+  step holds [n, 2m] scores per head (at n = 8192, m = 64, 2 heads: 8 MiB in float32), never
+  the dense [B, H, n, n] ones (512 MiB at n = 8192), so its temporaries stay below the size of
+  that dense tensor wherever it would matter (n >= 4096), and 4x the window costs well under
+  the 16x of quadratic growth (linear growth is 4x)."""
+  heads, batch = SIZE['num_heads'], 1
 
   def temporaries(n):
     model = models.ECP(**{**SIZE, 'max_context': n}, num_layers=1, segment_length=64)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, n), jnp.int32))
     grad = jax.jit(jax.grad(lambda p, t: model.apply(p, t).sum()))
-    toks = jax.ShapeDtypeStruct((1, n), jnp.int32)
+    toks = jax.ShapeDtypeStruct((batch, n), jnp.int32)
     return grad.lower(params, toks).compile().memory_analysis().temp_size_in_bytes
 
   sizes = {n: temporaries(n) for n in (1024, 2048, 4096, 8192)}
-  assert sizes[8192] < 8192 * 8192 * 4 / 4, sizes
+  dense_scores = lambda n: batch * heads * n * n * 4  # float32 [B, H, n, n]
+  assert sizes[4096] < dense_scores(4096) and sizes[8192] < dense_scores(8192), sizes
   assert sizes[8192] < 8 * sizes[2048] and sizes[4096] < 8 * sizes[1024], sizes
 
 
@@ -151,12 +165,15 @@ def test_window_must_be_whole_segments():
 
 
 def test_ecp_trains_evaluates_and_samples(tmp_path):
-  config = tiny_config('fixed', steps=6, model_type='ecp')
+  config = tiny_config('fixed', steps=24, model_type='ecp')
+  config.train.checkpoint_every = 24
   summary = training.train(config, str(tmp_path))
   # Untrained (a zero head) it scores log2(256) = 8 bits a byte; the copy task's bytes come
-  # from 16 symbols, so learning their frequencies alone brings it towards 4: six steps must
-  # have learned at least half a bit.
-  assert summary['final_step'] == 6 and summary['validation_bits'] < 7.5, summary
+  # from 16 symbols, so their frequencies alone give log2(16) = 4 bits (copying: about 2).
+  # 24 steps must have learned at least half of the way from 8 to 4 bits.
+  chance, alphabet = math.log2(256), math.log2(16)
+  assert summary['final_step'] == 24, summary
+  assert summary['validation_bits'] < (chance + alphabet) / 2, summary
   config.eval.update(mode='blocks', splits=('validation',))
   report = evaluate.evaluate(config, str(tmp_path))
   (row,) = [r for r in report['results'] if r['split'] == 'validation']

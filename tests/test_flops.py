@@ -46,9 +46,57 @@ SIZE = dict(num_layers=3, num_heads=2, d_model=16, mlp_dim=48, max_context=40, v
 def test_forward_flops_equal_the_traced_matmuls(model_type, bucket, options):
   tokens = jnp.zeros((3, 40), jnp.int32)
   model = models.MODELS[model_type](**SIZE, attention_impl='einsum', **options)
-  variables = model.init_variables(jax.random.PRNGKey(0))
+  variables = jax.eval_shape(model.init_variables, jax.random.PRNGKey(0))  # shapes suffice
   want = traced_matmul_flops(lambda v, t: model.forward(v, t, bucket, bucket), variables, tokens)
   assert flops.forward_flops(model, bucket, batch=3) == want
+
+
+def hand_layer(queries, keys, keys_per_query, d, f):
+  """One block's forward FLOPs, one matmul at a time (2 FLOPs a multiply-add): q and out
+  projections over the queries, k and v over the keys, scores and the weighted sum over the
+  keys each query scores, the MLP's two matmuls."""
+  q_proj = out_proj = 2 * queries * d * d
+  k_proj = v_proj = 2 * keys * d * d
+  scores = weighted_sum = 2 * queries * keys_per_query * d
+  mlp = 2 * queries * d * f + 2 * queries * f * d
+  return q_proj + k_proj + v_proj + scores + weighted_sum + out_proj + mlp
+
+
+# model type -> its forward FLOPs per window, by hand: (layers, d, f, V, M, bucket, options).
+HAND_FORWARD = {
+  'perceiver_ar': lambda L, d, f, v, m, b, o: (
+    hand_layer(b, m, m, d, o.get('cross_attend_mlp_dim') or f)  # cross-attend: B over M
+    + (L - 1) * hand_layer(b, b, b, d, f)  # latent layers: B over B
+    + 2 * b * d * v  # the head over the B slots
+  ),
+  'transformer': lambda L, d, f, v, m, b, o: L * hand_layer(m, m, m, d, f) + 2 * m * d * v,
+  'ecp': lambda L, d, f, v, m, b, o: (  # each query: its previous segment and its own
+    L * hand_layer(m, m, min(2 * o['segment_length'], m), d, f) + 2 * m * d * v
+  ),
+}
+
+
+@pytest.mark.parametrize(
+  'model_type, bucket, options',
+  [
+    ('perceiver_ar', 8, {}),
+    ('perceiver_ar', 40, {}),
+    ('perceiver_ar', 8, dict(num_cross_attend_heads=1, cross_attend_mlp_dim=24)),
+    ('transformer', 8, {}),  # the bucket is ignored: every position is scored
+    ('ecp', 40, dict(segment_length=8)),
+    ('ecp', 40, dict(segment_length=40)),
+  ],
+)
+def test_forward_flops_equal_the_hand_formula(model_type, bucket, options):
+  """Every registered model has a hand formula here, and forward_flops follows it."""
+  assert set(HAND_FORWARD) == set(models.MODELS)
+  model = models.MODELS[model_type](**SIZE, **options)
+  s = SIZE
+  per_window = HAND_FORWARD[model_type](
+    s['num_layers'], s['d_model'], s['mlp_dim'], s['vocab_size'], s['max_context'], bucket, options
+  )
+  assert flops.forward_flops(model, bucket) == per_window
+  assert flops.forward_flops(model, bucket, batch=5) == 5 * per_window
 
 
 def test_train_step_flops_from_config():

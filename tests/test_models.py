@@ -1,13 +1,15 @@
 """Pins perceiver_ar_vl/models (Perceiver AR and the Transformer): bucket padding invariance,
 causality, masks, compiles, parameter counts, and the interface every model implements."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import TINY_MODEL, TINY_WINDOW, embedding_influence
 
-from perceiver_ar_vl import models
+from perceiver_ar_vl import config_choices, models
+from perceiver_ar_vl.models.base import LanguageModel
 
 M = TINY_WINDOW
 TINY = TINY_MODEL
@@ -62,31 +64,54 @@ def test_active_logits_do_not_depend_on_bucket(perceiver, n, b1, b2):
 
 
 def test_inactive_slots_are_not_attended(perceiver):
-  """The B - N inactive slots hold window positions (their tokens are real inputs of the
-  cross-attend) but are masked out as keys of the latent stack: changing the tokens at
-  those positions may change only what every active latent sees through the cross-attend.
-  Pinned by comparing with the unpadded run (bucket = N), where those positions are plain
-  prefix: both must agree whatever the tokens in the inactive slots, while changing an
-  active slot's token does change the active logits."""
+  """The B - N inactive slots are masked out as keys of the latent stack, so nothing of
+  theirs reaches an active latent except what the unpadded run (bucket = N) sees as well:
+  their tokens, as cross-attend keys of the prefix.
+
+  Pinned three ways: (1) new tokens in the inactive slots give the same active logits as
+  the unpadded run on those tokens; (2) changing the inactive slots' embeddings in the
+  latent stream (their cross-attend queries, whose outputs are the inactive latents) leaves
+  the active logits unchanged; (3) the same change at an active slot, or a new token there,
+  does move the last logits, so neither comparison is vacuous."""
   model, params = perceiver
   n, b = 4, 16
   tokens = random_tokens(1)
   other = tokens.at[:, M - b : M - n].set((tokens[:, M - b : M - n] + 7) % 256)
-  for window in (tokens, other):
-    padded = model.apply(params, window, num_latents=n, bucket=b)
+  assert not np.array_equal(other, tokens)
+  padded = {}
+  for name, window in (('tokens', tokens), ('other', other)):
+    padded[name] = model.apply(params, window, num_latents=n, bucket=b)[:, -n:]
     unpadded = model.apply(params, window, num_latents=n, bucket=n)
-    np.testing.assert_allclose(padded[:, -n:], unpadded, atol=1e-5)
-  # The inactive slots' values reach the active latents only as cross-attend keys, exactly
-  # as in the unpadded run; without the latent-stack mask they would also be latent keys.
+    np.testing.assert_allclose(padded[name], unpadded, atol=1e-5)
+  # Those bytes are still the active latents' context (the prefix of the cross-attend).
+  assert not np.allclose(padded['tokens'], padded['other'], atol=1e-4)
+
+  @jax.jit
+  def active_logits(params, delta_1xBxD):
+    """The active logits with `delta` added to the slots' embeddings in the latent stream."""
+
+    def add_delta(next_fun, args, kwargs, context):
+      if context.method_name == 'latent_queries':  # args: the slots' embeddings [B, b, D]
+        return next_fun(args[0] + delta_1xBxD, *args[1:], **kwargs)
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(add_delta):
+      return model.raw.apply(params, tokens, num_latents=n, bucket=b)[:, -n:]
+
+  noise = jax.random.normal(jax.random.PRNGKey(7), (1, b, TINY['d_model']))
+  inactive = (jnp.arange(b) < b - n)[None, :, None]
+  base = active_logits(params, jnp.zeros_like(noise))
+  np.testing.assert_allclose(base, padded['tokens'], atol=1e-6)
+  np.testing.assert_allclose(active_logits(params, 10 * noise * inactive), base, atol=1e-6)
+  one_active = (jnp.arange(b) == b - 2)[None, :, None]
+  moved = active_logits(params, 10 * noise * one_active)
+  assert not np.allclose(moved[:, -1], base[:, -1], atol=1e-4)
+  # Without the latent-stack mask (N = B: every slot a key) the same slots do change them.
   full = model.apply(params, tokens, num_latents=b, bucket=b)
-  assert not np.allclose(
-    full[:, -n:], model.apply(params, tokens, num_latents=n, bucket=b)[:, -n:], atol=1e-4
-  )
+  assert not np.allclose(full[:, -n:], base, atol=1e-4)
   active = tokens.at[:, M - 2].set((tokens[:, M - 2] + 7) % 256)
   moved = model.apply(params, active, num_latents=n, bucket=b)
-  assert not np.allclose(
-    moved[:, -1], model.apply(params, tokens, num_latents=n, bucket=b)[:, -1], atol=1e-4
-  )
+  assert not np.allclose(moved[:, -1], base[:, -1], atol=1e-4)
 
 
 def test_one_compilation_per_bucket_for_65_97_128():
@@ -100,7 +125,7 @@ def test_one_compilation_per_bucket_for_65_97_128():
     dropout_rate=0.0,
   )
   tokens = random_tokens(3, batch=1, length=160)
-  params = model.init(jax.random.PRNGKey(0), tokens, num_latents=8)
+  params = jax.jit(model.init_variables)(jax.random.PRNGKey(0))
   traces = []
 
   @jax.jit
@@ -184,40 +209,90 @@ def test_left_padding_mask_hides_padded_tokens(perceiver, transformer):
 
 def block_parameters(d: int, f: int, cross: bool) -> int:
   """One pre-LN block: LayerNorms (scale, bias; a cross-attend has one more, for its keys and
-  values), q/k/v/out projections with biases, an MLP d -> f -> d with biases."""
+  values), q/k/v/out projections with biases, an MLP d -> f -> d with biases. The heads
+  split d (H heads of d / H): they change no count."""
   layer_norms = (3 if cross else 2) * 2 * d
   return layer_norms + 4 * (d * d + d) + (d * f + f) + (f * d + d)
 
 
-@pytest.mark.parametrize('model_type', ['perceiver_ar', 'transformer'])
-def test_seed_size_parameter_count(model_type):
-  """The seed size (6 layers, 8 heads, d 512, MLP 2048, vocab 256) against a count written
-  from the architecture: embedding, blocks, final LayerNorm, head."""
-  d, f, v, layers = 512, 2048, 256, 6
-  model = models.MODELS[model_type](
-    num_layers=layers, num_heads=8, d_model=d, mlp_dim=f, vocab_size=v, max_context=1024
-  )
-  shapes = jax.eval_shape(model.init_variables, jax.random.PRNGKey(0))
-  count = sum(x.size for x in jax.tree.leaves(shapes))
+def parameter_count(model_type: str, d: int, f: int, layers: int, vocab: int) -> int:
+  """Embedding [V, d]; the blocks (Perceiver AR: a cross-attend, then L - 1 latent blocks;
+  the Transformer and ECP: L self-attention blocks); final LayerNorm; head d -> V + bias."""
   crosses = 1 if model_type == 'perceiver_ar' else 0
   blocks = crosses * block_parameters(d, f, True) + (layers - crosses) * block_parameters(
     d, f, False
   )
-  assert count == v * d + blocks + 2 * d + (d * v + v)
+  return vocab * d + blocks + 2 * d + (d * vocab + vocab)
 
 
-def test_every_model_implements_the_interface():
-  """Each registered model overrides what the base leaves abstract, and its registry entry
-  says what its class says about scoring every position."""
-  from perceiver_ar_vl import config_choices
-  from perceiver_ar_vl.models.base import LanguageModel
+@pytest.mark.parametrize('model_type', sorted(models.MODELS))
+@pytest.mark.parametrize(
+  'd, f, heads, layers, vocab',
+  [(512, 2048, 8, 6, 256), (48, 80, 3, 2, 100)],  # the seed size; an odd one
+  ids=['seed', 'odd'],
+)
+def test_parameter_count_follows_the_architecture(model_type, d, f, heads, layers, vocab):
+  """Every model's parameter count against a count written from the architecture (the seed
+  size, 6 layers, 8 heads, d 512, MLP 2048, vocab 256: 19,178,752 for Perceiver AR)."""
+  options = dict(segment_length=8) if model_type == 'ecp' else {}  # 48 = 6 segments
+  model = models.MODELS[model_type](
+    num_layers=layers,
+    num_heads=heads,
+    d_model=d,
+    mlp_dim=f,
+    vocab_size=vocab,
+    max_context=48,
+    **options,
+  )
+  shapes = jax.eval_shape(model.init_variables, jax.random.PRNGKey(0))
+  count = sum(x.size for x in jax.tree.leaves(shapes))
+  assert count == parameter_count(model_type, d, f, layers, vocab)
 
-  abstract = ('window_logits', 'prefill_cache', 'extend_cache', 'needs_prefill', 'attention_shapes')
+
+def test_the_registry_and_the_classes_agree():
+  """models.MODELS has a class for each config_choices.MODEL_TYPES entry, and each entry says
+  what its class says about scoring every position."""
+  assert set(models.MODELS) == set(config_choices.MODEL_TYPES)
   for name, cls in models.MODELS.items():
-    assert issubclass(cls, LanguageModel)
-    for method in abstract:
-      assert getattr(cls, method) is not getattr(LanguageModel, method), (name, method)
+    assert issubclass(cls, LanguageModel), name
     assert config_choices.MODEL_TYPES[name].scores_every_position == cls.scores_every_position
+
+
+@pytest.mark.parametrize('name', sorted(models.MODELS))
+def test_every_model_implements_the_interface(name):
+  """The model overrides what the base leaves abstract (raising NotImplementedError), and
+  each override runs with the shapes the library relies on (traced for shapes only: no
+  compile)."""
+  cls = models.MODELS[name]
+  for method in ('window_logits', 'prefill_cache', 'extend_cache', 'needs_prefill'):
+    assert getattr(cls, method) is not getattr(LanguageModel, method), method
+  assert cls.attention_shapes is not LanguageModel.attention_shapes
+  batch, bucket, vocab = 2, 8, TINY['vocab_size']
+  options = dict(segment_length=8) if name == 'ecp' else {}
+  model = cls(**{**TINY, 'num_layers': 2}, **options)
+  variables = jax.eval_shape(model.init_variables, jax.random.PRNGKey(0))
+  window = jax.ShapeDtypeStruct((batch, M), jnp.int32)
+  logits = jax.eval_shape(lambda v, w: model.forward(v, w, bucket, bucket), variables, window)
+  assert logits.shape == (batch, bucket, vocab)
+  step_logits, cache = jax.eval_shape(
+    lambda v, w: model.prefill(v, w, jnp.int32(M), bucket, bucket), variables, window
+  )
+  assert step_logits.shape == (batch, vocab)
+  token = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  extended = jax.eval_shape(
+    lambda v, c, t: model.extend(v, c, t, jnp.int32(M + 1), bucket), variables, cache, token
+  )
+  assert jax.tree.structure(extended) == jax.tree.structure((step_logits, cache))
+  assert jax.tree.map(lambda x: (x.shape, x.dtype), extended[1]) == jax.tree.map(
+    lambda x: (x.shape, x.dtype), cache
+  )
+  refill = jax.eval_shape(
+    lambda c: model.needs_prefill(c, jnp.int32(1), jnp.int32(M + 1), False), cache
+  )
+  assert refill.shape == () and refill.dtype == jnp.bool_
+  shapes = model.attention_shapes(bucket)
+  assert len(shapes) == model.num_layers
+  assert all(isinstance(s, models.AttentionShape) for s in shapes)
 
 
 @pytest.mark.parametrize(
@@ -250,7 +325,7 @@ def test_window_longer_than_max_context_is_rejected(perceiver):
 def test_dropout_and_cross_attend_dropout_only_in_training():
   model = Jitted(models.PerceiverAR(**{**TINY, 'dropout_rate': 0.5}, cross_attend_dropout=0.5))
   tokens = random_tokens(10)
-  params = model.raw.init(jax.random.PRNGKey(0), tokens, num_latents=8)
+  params = jax.jit(model.raw.init_variables)(jax.random.PRNGKey(0))
   params = jax.tree.map(
     lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), params
   )
@@ -267,12 +342,10 @@ def test_bfloat16_compute_keeps_float32_parameters(perceiver):
   model, params = perceiver
   low = models.PerceiverAR(**TINY, dtype=jnp.bfloat16)
   tokens = random_tokens(11)
-  assert all(
-    p.dtype == jnp.float32
-    for p in jax.tree.leaves(low.init(jax.random.PRNGKey(0), tokens, num_latents=8))
-  )
+  low_shapes = jax.eval_shape(low.init_variables, jax.random.PRNGKey(0))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(low_shapes))
   full = model.apply(params, tokens, num_latents=8)
-  half = low.apply(params, tokens, num_latents=8)
+  half = jax.jit(low.apply, static_argnames='num_latents')(params, tokens, num_latents=8)
   assert half.dtype == jnp.float32  # logits come back in float32 for the loss
   assert not np.array_equal(half, full)  # the compute really ran in bfloat16
   np.testing.assert_allclose(half, full, atol=0.1)

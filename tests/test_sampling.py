@@ -255,9 +255,12 @@ def test_steps_compile_once(perceiver):
     sampling.sample(
       model, variables, prompt(8), length=17, seed=4, temperature=0.7, top_k=9, top_p=0.9, **kwargs
     )
-  finally:
-    jax.monitoring.clear_event_listeners()
-  assert events == []
+    assert events == []
+    jax.jit(lambda x: x * 3)(jnp.arange(3.0))  # a new program: the listener does see it
+    assert any('jaxpr_trace' in e for e in events), events
+  finally:  # only this test's listener: others (JAX's, a profiler's) stay registered
+    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.monitoring.unregister_event_listener(listener)
 
 
 @pytest.mark.parametrize('cached', [True, False])

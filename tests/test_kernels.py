@@ -2,6 +2,8 @@
 the einsum reference (values and gradients, padding, left masks, traced N), 'auto'
 selection, memory bounds."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +73,44 @@ def test_chunked_in_bfloat16_is_close_to_float32_reference():
   np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=3e-2)
 
 
+KERNEL_SIZE = dict(
+  num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=40, dropout_rate=0.0
+)
+
+
+@functools.cache
+def kernel_params(model_cls, encoding):
+  """The model's initial variables: the same for every kernel (attention_impl adds none)."""
+  model = model_cls(**KERNEL_SIZE, position_encoding=encoding)
+  return jax.jit(model.init_variables)(jax.random.PRNGKey(0))
+
+
+def logits_and_grads(model_cls, encoding, impl):
+  """Logits and parameter gradients of the model with kernel `impl`, jitted with a traced
+  N = 19 at bucket 24, on a batch whose second row is left-padded."""
+  rng = np.random.default_rng(4)
+  tokens = jnp.asarray(rng.integers(0, 256, (2, 40)), jnp.int32)
+  valid = jnp.arange(40)[None, :] >= jnp.array([[0], [13]])  # second row left-padded
+  targets = jnp.asarray(rng.integers(0, 256, (2, 24)), jnp.int32)
+  model = model_cls(**KERNEL_SIZE, attention_impl=impl, position_encoding=encoding)
+
+  @jax.jit
+  def loss_and_logits(params, n):
+    logits = model.forward(params, tokens, n, 24, input_mask=valid)
+    active = jnp.arange(24) >= 24 - n
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+    return jnp.sum(nll * active) / n, logits
+
+  params = kernel_params(model_cls, encoding)
+  (_, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(params, jnp.int32(19))
+  return logits, grads
+
+
+@functools.cache
+def einsum_reference(model_cls, encoding):
+  return logits_and_grads(model_cls, encoding, 'einsum')
+
+
 @pytest.mark.parametrize(
   'model_cls, encoding',
   [
@@ -85,31 +125,11 @@ def test_models_with_other_kernels_match_einsum_under_padding_and_traced_latents
 ):
   """Whole models, jitted with a traced N at a larger bucket, left-padded input: the chunked
   kernel's and the XLA kernel's (structural mask arguments) logits and parameter gradients
-  equal the einsum reference's."""
+  equal the einsum reference's (computed once per model)."""
   monkeypatch.setattr(chunked, 'DEFAULT_BLOCK_Q', 8)
   monkeypatch.setattr(chunked, 'DEFAULT_BLOCK_K', 8)
-  size = dict(num_layers=2, num_heads=2, d_model=16, mlp_dim=32, max_context=40, dropout_rate=0.0)
-  rng = np.random.default_rng(4)
-  tokens = jnp.asarray(rng.integers(0, 256, (2, 40)), jnp.int32)
-  valid = jnp.arange(40)[None, :] >= jnp.array([[0], [13]])  # second row left-padded
-  targets = jnp.asarray(rng.integers(0, 256, (2, 24)), jnp.int32)
-
-  def run(impl):
-    model = model_cls(**size, attention_impl=impl, position_encoding=encoding)
-    params = model.init_variables(jax.random.PRNGKey(0))
-
-    @jax.jit
-    def loss_and_logits(params, n):
-      logits = model.forward(params, tokens, n, 24, input_mask=valid)
-      active = jnp.arange(24) >= 24 - n
-      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
-      return jnp.sum(nll * active) / n, logits
-
-    (_, logits), grads = jax.value_and_grad(loss_and_logits, has_aux=True)(params, jnp.int32(19))
-    return logits, grads
-
-  want_logits, want_grads = run('einsum')
-  got_logits, got_grads = run(impl)
+  want_logits, want_grads = einsum_reference(model_cls, encoding)
+  got_logits, got_grads = logits_and_grads(model_cls, encoding, impl)
   np.testing.assert_allclose(got_logits, want_logits, atol=1e-5, rtol=1e-5)
   for g, r in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
     np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-4)
