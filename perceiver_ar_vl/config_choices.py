@@ -45,6 +45,9 @@ ACTIVATIONS = ('gelu', 'relu', 'sq_relu')  # layers.blocks maps them to function
 ATTENTION_IMPLS = ('auto', 'einsum', 'xla', 'cudnn', 'chunked')  # layers.kernels
 POSITION_ENCODINGS = ('rotary', 'absolute', 'sinusoidal')  # absolute: a learned table
 ROTARY_CONVENTIONS = ('half', 'interleaved')  # layers.rotary: ours, the original's
+# Where absolute / sinusoidal table positions count from (models.base.embed_tokens): the
+# window's first position, or each example's first valid byte (after left padding).
+POSITION_ORIGINS = ('window', 'first_byte')
 REMAT_NAMES = ('none', 'block', 'dots')  # models.base.REMAT_POLICIES
 DTYPES = ('float32', 'bfloat16')
 
@@ -52,10 +55,14 @@ DTYPES = ('float32', 'bfloat16')
 STRATEGIES = ('fixed', 'uniform', 'curriculum')  # latents.num_latents_at
 SCHEDULES = ('linear', 'stepwise', 'staircase')  # curriculum shapes
 
+# window.*
+WINDOW_SCHEDULES = ('none', 'linear', 'stepwise')  # windows.window_at
+
 # data.*
 DATA_NAMES = ('enwik8', 'text_file', 'copy')
 SPLITS = ('train', 'validation', 'test')
 COPY_MODES = ('copy', 'mirror')
+COPY_LENGTH_SCHEDULES = ('none', 'linear', 'stepwise', 'staircase')  # data.copy_settings
 
 # train.*, eval.*
 LR_SCHEDULES = ('cosine', 'constant')
@@ -71,12 +78,15 @@ CHOICES = {
   'model.attention_impl': ATTENTION_IMPLS,
   'model.position_encoding': POSITION_ENCODINGS,
   'model.rotary_convention': ROTARY_CONVENTIONS,
+  'model.position_origin': POSITION_ORIGINS,
   'model.remat': REMAT_NAMES,
   'model.dtype': DTYPES,
   'latents.strategy': STRATEGIES,
   'latents.schedule': SCHEDULES,
+  'window.schedule': WINDOW_SCHEDULES,
   'data.name': DATA_NAMES,
   'data.copy_mode': COPY_MODES,
+  'data.copy_length_schedule': COPY_LENGTH_SCHEDULES,
   'train.lr_schedule': LR_SCHEDULES,
   'eval.mode': EVAL_MODES,
 }

@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   # rotary: 'half' rotates channel pairs (i, i + R/2) at W^(-i/(R/2)) (ours); 'interleaved'
   # pairs (2i, 2i + 1) at W^(-i/(R/2 - 1)), as google-research/perceiver-ar does.
   c.model.rotary_convention = 'half'
+  # absolute / sinusoidal tables: 'window' counts positions from the window's start;
+  # 'first_byte' from each example's first valid byte (window index - left padding before
+  # it), as the original numbers an example's bytes. Rotary is shift-invariant: no effect.
+  c.model.position_origin = 'window'
   c.model.layer_norm_epsilon = 1e-6  # every LayerNorm; the original (Haiku) uses 1e-5
   # Perceiver AR's cross-attend: the original's z_linear (a Linear with bias on the latents'
   # query embeddings, also their residual), its own head count and MLP width (0 = as the
@@ -65,6 +69,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.latents.stair_size = 32
   c.latents.stairs = 14
 
+  # A curriculum over the window (windows.py): steps see the last W <= M bytes, W growing
+  # from window.min to model.max_context through window.buckets (one compile each).
+  c.window = ml_collections.ConfigDict()
+  c.window.schedule = 'none'  # none (W = M) | linear | stepwise
+  c.window.min = 0  # the first window; >= latents.max (unused with schedule 'none')
+  c.window.buckets = ()  # window sizes, ending at max_context; () = powers of two from min
+  c.window.warmup_fraction = 0.5  # fraction of training over which W grows to M
+
   c.data = ml_collections.ConfigDict(dict(data.DEFAULTS))  # keys: data/datasets.py
 
   c.train = ml_collections.ConfigDict()
@@ -93,6 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_max_bytes = 200_000  # bytes of validation scored during training
   c.train.wandb = False  # Weights & Biases logging; imported only when True
   c.train.wandb_project = 'perceiver_ar_vl'
+  # The copy curriculum counts fractions of the run: data.copy_length_total_steps follows
+  # train.steps (a derived reference: --config.train.steps=... moves it too; setting it
+  # yourself cuts the link, and validate then asks for the two to agree).
+  c.data.copy_length_total_steps = c.train.get_ref('steps').to_int()
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_latents = 0  # 0 = the training maximum latents.max

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 
-from perceiver_ar_vl import config_choices, data, errors, latents
+from perceiver_ar_vl import config_choices, data, errors, latents, windows
 from perceiver_ar_vl.config_defaults import PRESET_SETTINGS, base_config
 
 if TYPE_CHECKING:  # imported where a model is built: validating a config needs no JAX
@@ -143,6 +143,7 @@ def create_model(config: ml_collections.ConfigDict) -> LanguageModel:
     rotary_fraction=m.rotary_fraction,
     max_wavelength=m.max_wavelength,
     rotary_convention=m.rotary_convention,
+    position_origin=m.position_origin,
     layer_norm_epsilon=m.layer_norm_epsilon,
     attention_impl=m.attention_impl,
     dtype=jnp.dtype(m.dtype),
@@ -233,6 +234,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   latents.validate_strategy(
     lat.strategy, lat.min, lat.max, lat.buckets, lat.schedule, max_context=m.max_context
   )
+  windows.validate(config)
   if scores_every_position(config) and lat.max != m.max_context:
     raise errors.UserError(
       f'The {m.type} model predicts every window position: set '
@@ -254,6 +256,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _at_least(config.data, 'data', ('record_bytes',), 1)
   _at_least(lat, 'latents', ('stair_size', 'stairs'), 1)
   _at_least(config.data, 'data', ('in_memory_bytes', 'copy_length'), 0)
+  data.check_copy_config(config)
   if not isinstance(t.fsdp, bool):
     raise errors.UserError(
       f'train.fsdp={t.fsdp!r} must be True or False (--config.train.fsdp=True shards '

@@ -5,6 +5,10 @@ right before the block's last target, so each target sees up to M-N+j bytes of p
 (the window is left-padded and masked near the split's start). Every target (bytes 1..L-1 of
 the split; byte 0 has no context) is scored exactly once. `mode='stride1'` instead scores each
 target with its own window, by the last latent only: exact full-context, and L times slower.
+A split of separate examples ([E, L], the aligned copy task) is scored example by example,
+each window starting at its example's first byte (`eval_windows`). On the copy task every
+result also says what was learned: bits on the copied bytes and on the random ones, and by
+the distance back to the copy's source (`copy_metrics`).
 """
 
 from __future__ import annotations
@@ -17,81 +21,48 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from perceiver_ar_vl import config_choices, config_lib, data, losses, parallel, train_state
+from perceiver_ar_vl import (
+  config_choices,
+  config_lib,
+  copy_metrics,
+  data,
+  eval_windows,
+  losses,
+  parallel,
+  train_state,
+)
+
+# Re-exported: the windows evaluation scores are part of its interface.
+from perceiver_ar_vl.eval_windows import block_windows as block_windows
+from perceiver_ar_vl.eval_windows import window_ends as window_ends
 from perceiver_ar_vl.models.base import LanguageModel
 
 
-def window_ends(length: int, targets_per_window: int) -> tuple[np.ndarray, np.ndarray]:
-  """(ends, first_new) int64 [windows]: window b scores the targets [first_new[b], ends[b])
-  of a stream of `length` bytes, so that every target 1..length-1 is scored exactly once."""
-  if length < 2:
-    raise ValueError(f'Need at least 2 bytes to score, got {length}.')
-  s = targets_per_window
-  ends = np.arange(1 + s, length + 1, s, dtype=np.int64)
-  if not len(ends) or ends[-1] < length:
-    ends = np.append(ends, length)
-  return ends, np.concatenate([[1], ends[:-1]])
-
-
-def block_windows(
-  stream: np.ndarray,
-  context: int,
-  targets_per_window: int,
-  ends: np.ndarray | None = None,
-  first_new: np.ndarray | None = None,
-):
-  """The windows that end at `ends` (default: all of `window_ends`), built by one gather.
-
-  Returns (windows_BxW int32 with W = context+1, input_mask_BxM bool, weights_BxS float32)
-  where S = targets_per_window: window b's last S positions predict targets whose weight is 1
-  if that target is scored by this window (each target exactly once over all windows).
-  """
-  if ends is None:
-    ends, first_new = window_ends(len(stream), targets_per_window)
-  s = targets_per_window
-  positions = np.arange(context + 1)[None, :] + ends[:, None] - 1 - context  # stream indices
-  windows = np.where(positions >= 0, np.asarray(stream)[np.maximum(positions, 0)], 0)
-  input_mask = positions[:, :context] >= 0
-  target_index = positions[:, context + 1 - s :]  # the stream index each slot predicts
-  weights = (target_index >= first_new[:, None]) & (target_index >= 1)
-  return windows.astype(np.int32), input_mask, weights.astype(np.float32)
-
-
 @functools.lru_cache(maxsize=32)
-def _score_fn(model: LanguageModel, num_latents: int):
-  """Jitted per-slot (summed nats [N], target count [N]) of one batch of windows; cached per
-  (model, N)."""
+def _score_fn(model: LanguageModel, num_latents: int, num_bins: int = 0):
+  """Jitted per-slot (summed nats [N], target count [N]) of one batch of windows, and with
+  `num_bins` > 0 also per target bin (summed nats [K], count [K]); cached per (model, N, K)."""
 
   @jax.jit
-  def score(variables, window_BxW, mask_BxM, weights_BxN):
+  def score(variables, window_BxW, mask_BxM, weights_BxN, bins_BxN=None):
     logits = model.forward(
       variables, window_BxW[:, :-1], num_latents, num_latents, input_mask=mask_BxM
     )
     nll_BxN, _ = losses.token_nll(logits, window_BxW)
-    return (nll_BxN * weights_BxN).sum(0), weights_BxN.sum(0)
+    sums = ((nll_BxN * weights_BxN).sum(0), weights_BxN.sum(0))
+    if not num_bins:
+      return sums
+    onehot_BxNxK = jax.nn.one_hot(bins_BxN, num_bins, dtype=jnp.float32)
+    per_bin = lambda w_BxN: jnp.einsum('bn,bnk->k', w_BxN, onehot_BxNxK)
+    return (*sums, per_bin(nll_BxN * weights_BxN), per_bin(weights_BxN))
 
   return score
 
 
 FLUSH_EVERY = 64  # evaluation batches whose sums are added on the device before one transfer
-
-
-def _padded_batch(stream, context, per_window, num_latents, ends, first_new, start, batch):
-  """Windows, input masks and per-slot weights [batch, ...] of windows start..start+batch
-  (padded at the end of the split with empty windows of weight 0)."""
-  windows, input_mask, weights_s = block_windows(
-    stream, context, per_window, ends[start : start + batch], first_new[start : start + batch]
-  )
-  weights = np.zeros((len(windows), num_latents), np.float32)
-  weights[:, num_latents - per_window :] = weights_s
-  pad = batch - len(windows)
-  if pad:
-    windows = np.concatenate([windows, np.zeros((pad, windows.shape[1]), np.int32)])
-    input_mask = np.concatenate([input_mask, np.ones((pad, context), bool)])
-    weights = np.concatenate([weights, np.zeros((pad, num_latents), np.float32)])
-  return windows, input_mask, weights
 
 
 def position_ranges(context: int, num_latents: int, parts: int = 4) -> list[tuple[int, int]]:
@@ -111,24 +82,33 @@ def bits_per_byte(
   max_bytes: int = 0,
   mode: str = 'blocks',
   mesh=None,
-) -> dict[str, float]:
-  """Mean next-byte cross-entropy of `stream` (uint8) in bits and nats, scored exactly once.
+  source_distances: np.ndarray | None = None,
+) -> dict[str, Any]:
+  """Mean next-byte cross-entropy of `stream` in bits and nats, every target scored once.
 
-  `max_bytes` > 0 scores only the first `max_bytes` bytes. Runs data parallel over `mesh`.
+  `stream`: uint8 [L], one stream; or [E, L], E examples each scored in its own windows
+  (`eval_windows`: the aligned copy task). `max_bytes` > 0 scores only the first `max_bytes`
+  bytes. `source_distances` (int, shaped as `stream`; 0 = a byte with no copy source) adds
+  the copy task's `copy_metrics` (copy_bits, fresh_bits, bits_by_distance, ...). Runs data
+  parallel over `mesh`.
   """
   context = model.max_context
   if not 1 <= num_latents <= context:
     raise ValueError(f'num_latents={num_latents} must be in [1, max_context={context}].')
   if config_choices.unknown_choice('eval.mode', mode):
     raise ValueError(config_choices.unknown_choice('eval.mode', mode))
-  stream = np.asarray(stream[:max_bytes] if max_bytes else stream)
   per_window = num_latents if mode == 'blocks' else 1
-  ends, first_new = window_ends(len(stream), per_window)
+  plan = eval_windows.plan_windows(stream, per_window, max_bytes)
+  bins = None
+  if source_distances is not None:
+    distances = np.asarray(source_distances).reshape(-1)[: len(plan.stream)]
+    bins = copy_metrics.distance_bins(distances)
+  num_bins = 0 if bins is None else int(bins.max()) + 1
 
   mesh = mesh or parallel.make_mesh()
   devices = mesh.devices.size
   batch = -(-max(batch_size, 1) // devices) * devices
-  score = _score_fn(model, num_latents)
+  score = _score_fn(model, num_latents, num_bins)
   rows = slice(
     jax.process_index() * batch // jax.process_count(),
     (jax.process_index() + 1) * batch // jax.process_count(),
@@ -136,20 +116,23 @@ def bits_per_byte(
   # Windows are built one batch at a time (a stride-1 pass over a long split would not fit in
   # host memory at once); sums stay on the device and reach the host every FLUSH_EVERY batches
   # (float64 there), so the host never waits for the device batch by batch.
-  nats_N, count_N = np.zeros(num_latents), np.zeros(num_latents)
+  totals = [np.zeros(num_latents), np.zeros(num_latents), np.zeros(num_bins), np.zeros(num_bins)]
   pending = []
-  for start in range(0, len(ends), batch):
-    chunk = _padded_batch(stream, context, per_window, num_latents, ends, first_new, start, batch)
+  windows = len(plan.ends)
+  for start in range(0, windows, batch):
+    chunk = eval_windows.padded_batch(
+      plan, context, per_window, num_latents, start, batch, bins=bins
+    )
     pending.append(score(variables, *(parallel.global_batch(a[rows], mesh) for a in chunk)))
-    if len(pending) == FLUSH_EVERY or start + batch >= len(ends):
-      nats, count = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
-      nats_N += np.asarray(nats, np.float64)
-      count_N += np.asarray(count, np.float64)
+    if len(pending) == FLUSH_EVERY or start + batch >= windows:
+      sums = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
+      for total, part in zip(totals, sums, strict=False):
+        total += np.asarray(part, np.float64)
       pending = []
+  nats_N, count_N, nats_K, count_K = totals
   total_count = count_N.sum()
-  expected = len(stream) - 1
-  if int(round(total_count)) != expected:
-    raise AssertionError(f'Scored {total_count} targets, expected {expected}.')
+  if int(round(total_count)) != plan.num_targets:
+    raise AssertionError(f'Scored {total_count} targets, expected {plan.num_targets}.')
   nats = nats_N.sum() / total_count
   # Loss by the target's position in the window (how much context it had), as the original.
   positions_N = np.arange(context - num_latents, context)
@@ -158,12 +141,15 @@ def bits_per_byte(
     in_range = (positions_N >= a) & (positions_N < b)
     if count_N[in_range].sum():
       by_position[f'[{a},{b})'] = nats_N[in_range].sum() / count_N[in_range].sum() / math.log(2)
-  return {
+  result = {
     'bits': nats / math.log(2),
     'nats': nats,
     'num_targets': int(round(total_count)),
     'bits_by_position': by_position,
   }
+  if bins is not None:
+    result.update(copy_metrics.copy_summary(nats_K, count_K))
+  return result
 
 
 def default_num_latents(config: Any) -> int:
@@ -177,14 +163,19 @@ def latent_counts_to_score(config: Any) -> list[int]:
 
 
 def format_table(rows: list[dict]) -> str:
-  """A markdown table of evaluation rows."""
+  """A markdown table of evaluation rows (with copy / fresh bits on the copy task)."""
+  copy = bool(rows) and all(
+    r.get('copy_bits') is not None and r.get('fresh_bits') is not None for r in rows
+  )
+  extra = ' copy bits | fresh bits |' if copy else ''
   lines = [
-    '| split | latents | bits/byte | targets | seconds (incl. compile) |',
-    '|---|---:|---:|---:|---:|',
+    f'| split | latents | bits/byte |{extra} targets | seconds (incl. compile) |',
+    '|---|---:|---:|' + ('---:|---:|' if copy else '') + '---:|---:|',
   ]
   for r in rows:
+    kinds = f' {r["copy_bits"]:.4f} | {r["fresh_bits"]:.4f} |' if copy else ''
     lines.append(
-      f'| {r["split"]} | {r["num_latents"]} | {r["bits"]:.4f} | '
+      f'| {r["split"]} | {r["num_latents"]} | {r["bits"]:.4f} |{kinds} '
       f'{r["num_targets"]} | {r["seconds"]:.1f} |'
     )
   return '\n'.join(lines)
@@ -196,7 +187,9 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   Prints a table and writes `eval.json` in the workdir: {'checkpoint_step', 'mode',
   'max_bytes', 'results': [{'split', 'num_latents', 'bits', 'nats', 'num_targets',
   'bits_by_position', 'seconds'}]}, where 'bits_by_position' maps ranges '[a,b)' of the
-  target's window position (quarters of the window) to bits per byte. Returns the same dict.
+  target's window position (quarters of the window) to bits per byte. On the copy task each
+  result also holds 'copy_bits', 'fresh_bits', 'copy_targets', 'fresh_targets' and
+  'bits_by_distance' (`copy_metrics`). Returns the same dict.
   """
   config_lib.validate(config)
   e = config.eval
@@ -218,6 +211,7 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
         max_bytes=e.max_bytes,
         mode=e.mode,
         mesh=mesh,
+        source_distances=dataset.source_distances(split),
       )
       rows.append(
         {'split': split, 'num_latents': n, **result, 'seconds': time.perf_counter() - start}

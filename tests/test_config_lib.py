@@ -22,6 +22,7 @@ from perceiver_ar_vl import (
   latents,
   models,
   train_state,
+  windows,
 )
 from perceiver_ar_vl.data import sources
 from perceiver_ar_vl.layers import blocks, kernels, rotary
@@ -220,6 +221,15 @@ def _check_rotary_convention(name):
   _model_runs(_tiny_model(rotary_convention=name))
 
 
+def _check_position_origin(name):
+  """Both origins build and run a model; only 'first_byte' marks left padding for the tables
+  (tests/test_models.py checks the positions it gives)."""
+  model = _tiny_model(position_encoding='absolute', position_origin=name)
+  _model_runs(model)
+  marked = model.mark_padding(jnp.array([[5, 6, 7]]), jnp.array([[False, True, True]]))
+  assert marked.tolist() == ([[5, 6, 7]] if name == 'window' else [[-1, 6, 7]])
+
+
 def _check_remat(name):
   assert name in base.REMAT_POLICIES
   _model_runs(_tiny_model(remat=name), grad=True)  # remat acts in the backward pass
@@ -258,6 +268,17 @@ def _check_schedule(name):
     assert set(counts) == {4, 8, 16}
 
 
+def _check_window_schedule(name):
+  """Every window schedule keeps W in [window.min, M]; the curricula grow it to M."""
+  config = tiny_config('fixed', steps=20)
+  config.latents.update(min=8, max=8, buckets=(8,))
+  config.window.update(schedule=name, min=8)
+  config_lib.validate(config)
+  sizes = [windows.window_at(config, step) for step in range(20)]
+  assert sizes == sorted(sizes) and set(sizes) <= {8, 16, 32} and sizes[-1] == 32
+  assert (sizes[0] == 32) == (name == 'none')
+
+
 def _check_data_name(name, tmp_path):
   config = {**data.DEFAULTS, 'name': name, 'data_dir': str(tmp_path / 'tfds')}
   if name == 'enwik8':  # routed to the enwik8 reader, which checks the archive first
@@ -279,6 +300,21 @@ def _check_copy_mode(name):
   dataset = data.make_dataset({'name': 'copy', 'copy_mode': name, 'copy_length': 8}, 33)
   first, second = dataset.split_bytes('validation')[:8].reshape(2, 4)
   np.testing.assert_array_equal(second, first if name == 'copy' else first[::-1])
+
+
+def _check_copy_length_schedule(name):
+  """Every copy curriculum grows L from data.copy_length_min to data.copy_length; 'none'
+  keeps copy_length; the dataset draws rows at each step's L."""
+  config = tiny_config('fixed', steps=20)
+  config.data.update(copy_length_schedule=name, copy_length_min=0 if name == 'none' else 4)
+  config_lib.validate(config)
+  lengths = [data.copy_length_at(config, step) for step in range(20)]
+  assert lengths == sorted(lengths) and lengths[-1] == 16
+  assert lengths[0] == (16 if name == 'none' else 4) and (name == 'none') == (
+    len(set(lengths)) == 1
+  )
+  dataset = data.make_dataset(config.data, 33)
+  assert dataset.train_batch(0, 2, seed=0).shape == (2, 33)
 
 
 def _check_lr_schedule(name):
@@ -304,12 +340,15 @@ CHECKS = {
   'model.attention_impl': _check_attention_impl,
   'model.position_encoding': lambda name: _model_runs(_tiny_model(position_encoding=name)),
   'model.rotary_convention': _check_rotary_convention,
+  'model.position_origin': _check_position_origin,
   'model.remat': _check_remat,
   'model.dtype': _check_dtype,
   'latents.strategy': _check_strategy,
   'latents.schedule': _check_schedule,
+  'window.schedule': _check_window_schedule,
   'data.name': _check_data_name,
   'data.copy_mode': _check_copy_mode,
+  'data.copy_length_schedule': _check_copy_length_schedule,
   'train.lr_schedule': _check_lr_schedule,
   'eval.mode': _check_eval_mode,
 }

@@ -1,4 +1,6 @@
-"""Pins perceiver_ar_vl/evaluate.py: every target scored once, against a slow reference."""
+"""Pins perceiver_ar_vl/evaluate.py (with eval_windows.py and copy_metrics.py): every target
+scored once, against a slow reference; separate examples scored in their own windows; the copy
+task's copy / fresh bits against a numpy reference."""
 
 import json
 import math
@@ -10,7 +12,8 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import evaluate, models, run_files, sampling, training
+from perceiver_ar_vl import data, eval_windows, evaluate, models, run_files, sampling, training
+from perceiver_ar_vl.models.base import LanguageModel
 
 M = 16
 
@@ -115,6 +118,11 @@ def test_eval_after_restore_reproduces_the_logged_validation_figure(tmp_path, ca
   ]
   assert rows['validation', 16]['bits'] == pytest.approx(logged[-1], rel=1e-6)
   assert all(r['num_targets'] == 299 for r in rows.values())
+  for r in rows.values():  # the copy task says what was learned: copies and fresh bytes
+    assert r['copy_targets'] + r['fresh_targets'] == 299
+    mixed = r['copy_bits'] * r['copy_targets'] + r['fresh_bits'] * r['fresh_targets']
+    assert mixed / 299 == pytest.approx(r['bits'], rel=1e-6)  # float32 sums on the device
+    assert sum(d['count'] for d in r['bits_by_distance']) == r['copy_targets']
   with open(os.path.join(tmp_path, 'eval.json')) as f:
     assert json.load(f)['checkpoint_step'] == 8
   assert '| validation | 32 |' in capsys.readouterr().out
@@ -129,3 +137,111 @@ def test_bad_latent_count_is_a_clear_error(tiny_model):
   model, params = tiny_model
   with pytest.raises(ValueError, match='num_latents=17'):
     evaluate.bits_per_byte(model, params, np.zeros(10, np.uint8), num_latents=17)
+
+
+# --------------------------------------------------- separate examples and the copy metrics
+
+TABLE = np.random.default_rng(11).normal(size=(256, 256)).astype(np.float32)
+
+
+class PreviousByteModel(LanguageModel):
+  """A stub scorer: each slot's logits are TABLE[its own input byte], so a target's nats
+  depend only on (the byte before it, the target): numpy computes every one."""
+
+  def window_logits(self, tokens_BxM, num_latents, bucket, input_mask=None, deterministic=True):
+    return jnp.asarray(TABLE)[tokens_BxM[:, tokens_BxM.shape[1] - bucket :]]
+
+
+def reference_copy_metrics(examples, distances):
+  """float64 numpy: every target after the first byte of each example (rows of `examples`),
+  predicted from the byte before it; bits overall, on copies, on fresh bytes, by distance bin."""
+  table = TABLE.astype(np.float64)
+  log_z = np.log(np.exp(table).sum(1))
+  nats, kinds = [], []
+  for example, dist in zip(examples, distances, strict=True):
+    for t in range(1, len(example)):
+      nats.append(log_z[example[t - 1]] - table[example[t - 1], example[t]])
+      kinds.append(int(dist[t]))
+  nats, kinds = np.array(nats), np.array(kinds)
+  bits = lambda sel: nats[sel].mean() / math.log(2)
+  bins = np.where(kinds > 0, np.floor(np.log2(np.maximum(kinds, 1))) + 1, 0)
+  by_distance = [
+    {
+      'distance': f'[{2 ** (k - 1)},{2**k})',
+      'bits': bits(bins == k),
+      'count': int((bins == k).sum()),
+    }
+    for k in range(1, int(bins.max()) + 1)
+    if (bins == k).any()
+  ]
+  return {
+    'bits': bits(slice(None)),
+    'num_targets': len(nats),
+    'copy_bits': bits(kinds > 0),
+    'fresh_bits': bits(kinds == 0),
+    'copy_targets': int((kinds > 0).sum()),
+    'fresh_targets': int((kinds == 0).sum()),
+    'bits_by_distance': by_distance,
+  }
+
+
+def check_against(got, want):
+  for key in ('bits', 'copy_bits', 'fresh_bits'):
+    assert got[key] == pytest.approx(want[key], rel=1e-6), key
+  for key in ('num_targets', 'copy_targets', 'fresh_targets'):
+    assert got[key] == want[key], key
+  assert [(d['distance'], d['count']) for d in got['bits_by_distance']] == [
+    (d['distance'], d['count']) for d in want['bits_by_distance']
+  ]
+  got_bits = [d['bits'] for d in got['bits_by_distance']]
+  assert got_bits == pytest.approx([d['bits'] for d in want['bits_by_distance']], rel=1e-6)
+
+
+@pytest.mark.parametrize('mode', ['copy', 'mirror'])
+@pytest.mark.parametrize('n,eval_mode', [(4, 'blocks'), (16, 'blocks'), (1, 'stride1')])
+def test_copy_metrics_are_exact_on_separate_examples(mode, n, eval_mode):
+  """The aligned task: each example of L = 12 bytes scored in its own windows (its first byte
+  unscored, nothing read from the example before), bits split by the source distance."""
+  ds = data.make_dataset(
+    {'name': 'copy', 'copy_mode': mode, 'copy_length': 12, 'copy_min_crop': 3}, M + 1
+  )
+  examples, distances = ds.split_bytes('test'), ds.source_distances('test')
+  assert examples.shape == distances.shape == (64, 12)
+  model = PreviousByteModel(max_context=M)
+  got = evaluate.bits_per_byte(
+    model, {}, examples, num_latents=n, batch_size=8, mode=eval_mode, source_distances=distances
+  )
+  check_against(got, reference_copy_metrics(examples, distances))
+  # max_bytes cuts the examples in order, the last one mid-way.
+  cut = evaluate.bits_per_byte(
+    model, {}, examples, num_latents=n, max_bytes=12 * 5 + 7, source_distances=distances
+  )
+  rows = [examples[i, : 12 if i < 5 else 7] for i in range(6)]
+  check_against(cut, reference_copy_metrics(rows, [distances[i] for i in range(6)]))
+
+
+def test_copy_metrics_of_a_stream_read_across_examples():
+  """The streamed task: one stream, every target after byte 0 scored from the byte before it
+  (the previous example's last byte for an example's first)."""
+  ds = data.make_dataset({'name': 'copy', 'copy_mode': 'mirror', 'copy_length': 10}, M + 1)
+  stream, distances = ds.split_bytes('validation'), ds.source_distances('validation')
+  got = evaluate.bits_per_byte(
+    PreviousByteModel(max_context=M), {}, stream, num_latents=8, source_distances=distances
+  )
+  check_against(got, reference_copy_metrics(stream[None], distances[None]))
+  plain = evaluate.bits_per_byte(PreviousByteModel(max_context=M), {}, stream, num_latents=8)
+  assert 'copy_bits' not in plain and plain['bits'] == pytest.approx(got['bits'], rel=1e-12)
+
+
+def test_windows_of_separate_examples_never_cross_them():
+  examples = np.arange(5 * 7).reshape(5, 7)  # byte value == stream index
+  plan = eval_windows.plan_windows(examples, 3)
+  windows, input_mask, weights = eval_windows.block_windows(
+    plan.stream, M, 3, plan.ends, plan.first_new, plan.origins
+  )
+  targets = windows[:, M + 1 - 3 :][weights > 0]
+  assert sorted(targets) == [i for i in range(35) if i % 7]  # each once, no first byte
+  example_of_window = plan.origins // 7
+  for w, mask, e in zip(windows, input_mask, example_of_window, strict=True):
+    assert np.all(w[:M][mask] // 7 == e) and np.all(w[:M][~mask] == 0)
+  assert plan.num_targets == 30

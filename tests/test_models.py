@@ -349,3 +349,29 @@ def test_bfloat16_compute_keeps_float32_parameters(perceiver):
   assert half.dtype == jnp.float32  # logits come back in float32 for the loss
   assert not np.array_equal(half, full)  # the compute really ran in bfloat16
   np.testing.assert_allclose(half, full, atol=0.1)
+
+
+@pytest.mark.parametrize(
+  'cls,encoding', [(models.PerceiverAR, 'absolute'), (models.Transformer, 'sinusoidal')]
+)
+def test_first_byte_origin_counts_table_positions_from_the_first_valid_byte(cls, encoding):
+  """position_origin='first_byte': a window left-padded by p positions scores its bytes as the
+  unpadded window of M - p bytes does (its positions 0..M-p-1); 'window' does not."""
+  pad, n = 12, 8
+  tokens = random_tokens(9, length=M - pad)
+  padded = jnp.concatenate([jnp.zeros((2, pad), jnp.int32), tokens], axis=1)
+  mask = jnp.broadcast_to(jnp.arange(M)[None] >= pad, padded.shape)
+  logits = {}
+  for origin in ('window', 'first_byte'):
+    model = cls(**TINY, position_encoding=encoding, position_origin=origin)
+    variables = model.init_variables(jax.random.PRNGKey(0))
+    variables = jax.tree.map(
+      lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(5), p.shape), variables
+    )
+    forward = jax.jit(model.forward, static_argnums=(2, 3))
+    logits[origin] = forward(variables, padded, n, n, input_mask=mask)
+  short = forward(variables, tokens, n, n)  # no padding: positions 0..M-p-1 under either
+  np.testing.assert_allclose(logits['first_byte'], short, atol=1e-5)
+  next_byte = model.uncached_logits(variables, padded, M - pad, n, n)  # sampling's step
+  np.testing.assert_allclose(next_byte, short[:, -1], atol=1e-5)
+  assert not np.allclose(logits['window'], short, atol=1e-3)

@@ -1,5 +1,5 @@
-"""Pins perceiver_ar_vl/training/step.py: the pure train step with gradient accumulation, and
-short-context training (random truncation)."""
+"""Pins perceiver_ar_vl/training/step.py: the pure train step with gradient accumulation,
+short-context training (random truncation) and left-padded rows (the aligned copy task)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import config_lib, parallel, train_state
+from perceiver_ar_vl import config_lib, data, parallel, train_state
 from perceiver_ar_vl.training import step as step_lib
 
 
@@ -81,3 +81,37 @@ def test_random_truncation_scores_only_the_kept_suffix():
   assert not np.array_equal(padded, window)
   _, out_padded = step(state, padded, jnp.int32(16), base_rng)
   np.testing.assert_allclose(out_padded['loss'], out['loss'], rtol=1e-5)
+
+
+def test_left_padded_rows_are_neither_attended_nor_scored():
+  """The aligned copy task's rows (PAD before each cropped example): the step masks the
+  padding and scores only latents on real bytes, as a numpy cross-entropy of the model's
+  logits under that mask says; the streamed task compiles the plain step."""
+  config = tiny_config('fixed')
+  config.data.copy_min_crop = 4
+  model = config_lib.create_model(config)
+  state = train_state.create_train_state(config, model, parallel.make_mesh())
+  noise = lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape)
+  state = state.replace(params=jax.tree.map(noise, state.params))  # the head starts at zero
+  _, schedule = train_state.make_optimizer(config.train)
+  step = jax.jit(step_lib.bucket_step(config, model, 16, schedule))
+  rows = data.make_dataset(config.data, 33).train_batch(0, 4, seed=0)
+  assert (rows < 0).any(1).all()  # every row has padding (crops <= 16 of 33)
+  _, out = step(state, jnp.asarray(rows), jnp.int32(16), jax.random.PRNGKey(0))
+
+  valid = rows[:, :-1] >= 0
+  logits = model.forward(
+    state.params, jnp.asarray(np.maximum(rows[:, :-1], 0)), 16, 16, input_mask=valid
+  )
+  logits = np.asarray(logits, np.float64)
+  targets = rows[:, -16:]
+  log_z = np.log(np.exp(logits).sum(-1))
+  nll = log_z - np.take_along_axis(logits, np.maximum(targets, 0)[..., None], -1)[..., 0]
+  weights = valid[:, -16:]
+  assert float(out['target_tokens']) == weights.sum() < 4 * 16
+  want = (nll * weights).sum() / weights.sum()
+  assert float(out['nats']) == pytest.approx(want, rel=1e-5)
+  # Without the mask the padding would be read: the loss would differ.
+  unmasked = model.forward(state.params, jnp.asarray(np.maximum(rows[:, :-1], 0)), 16, 16)
+  assert not np.allclose(np.asarray(unmasked), logits, atol=1e-4)
+  assert not step_lib.bucket_step(tiny_config('fixed'), model, 16, schedule).keywords['padded_rows']

@@ -2,7 +2,18 @@
 copy task, selected by `config.data`; prepared once through tensorflow-datasets in the
 array_record format and read with random access (`builders`)."""
 
-from perceiver_ar_vl.data.base import DEFAULTS, VOCAB_SIZE, ByteDataset
-from perceiver_ar_vl.data.datasets import make_dataset
+from perceiver_ar_vl.data.base import DEFAULTS, PAD, VOCAB_SIZE, ByteDataset
+from perceiver_ar_vl.data.copy_settings import check_copy_config
+from perceiver_ar_vl.data.copy_task import copy_length_at
+from perceiver_ar_vl.data.datasets import make_dataset, rows_have_padding
 
-__all__ = ['DEFAULTS', 'VOCAB_SIZE', 'ByteDataset', 'make_dataset']
+__all__ = [
+  'DEFAULTS',
+  'PAD',
+  'VOCAB_SIZE',
+  'ByteDataset',
+  'check_copy_config',
+  'copy_length_at',
+  'make_dataset',
+  'rows_have_padding',
+]

@@ -20,10 +20,17 @@ DEFAULTS = {
   'copy_mode': 'copy',
   'copy_vocab': 16,
   'copy_length': 0,
+  'copy_min_crop': 0,  # 0 = the streamed task; > 0 = the original's aligned, cropped examples
+  'copy_length_min': 0,  # curriculum: the first copy_length (0 = no curriculum)
+  'copy_length_schedule': 'none',  # curriculum shape: none | linear | stepwise | staircase
+  'copy_length_warmup_fraction': 0.5,  # linear / stepwise: fraction of training growing L
+  'copy_length_stairs': 4,  # staircase: equal stages of the whole run, min to copy_length
+  'copy_length_total_steps': 0,  # the run's train.steps (config_defaults links the two)
   'in_memory_bytes': 1 << 30,  # 1 GiB: enwik8's 90 MB train split is held in memory
   'record_bytes': 64 * 1024,  # bytes per prepared array_record record
 }
 ROW_TAG = 0x64617461  # 'data': training rows' streams, apart from other per-step streams
+PAD = -1  # a training row's left padding (the aligned copy task): not attended, not scored
 
 
 def config_value(data_config: Any, key: str) -> Any:
@@ -40,11 +47,15 @@ class ByteDataset(abc.ABC):
     self.window = window  # W = M + 1 tokens per training example
 
   @abc.abstractmethod
-  def _train_rows(self, rng: np.random.Generator, batch_size: int, rows: range) -> np.ndarray:
-    """uint8 or int32 [len(rows), W]: rows `rows` of a global batch of `batch_size` rows.
+  def _train_rows(
+    self, rng: np.random.Generator, batch_size: int, rows: range, step: int
+  ) -> np.ndarray:
+    """uint8 or int32 [len(rows), W]: rows `rows` of a global batch of `batch_size` rows at
+    training step `step` (which a curriculum reads; the randomness comes from `rng` only).
 
     Draws the randomness of all `batch_size` rows (whatever `rows` is), so that every process
-    sees the same global batch and keeps its own slice.
+    sees the same global batch and keeps its own slice. Negative values (PAD) are left
+    padding, neither attended nor scored (`training.step`).
     """
 
   @abc.abstractmethod
@@ -52,12 +63,21 @@ class ByteDataset(abc.ABC):
     """uint8 [num_bytes] the whole split ('train', 'validation', 'test') as one read-only array.
 
     For sequential evaluation. For the copy task: COPY_EVAL_EXAMPLES examples of L bytes
-    back to back, a fixed stream per (seed, split).
+    back to back, a fixed stream per (seed, split); for its aligned form (data.copy_min_crop
+    > 0) shaped [COPY_EVAL_EXAMPLES, L]: a 2-D split is separate examples, each scored in its
+    own windows (evaluate.bits_per_byte).
     """
 
   @abc.abstractmethod
   def num_bytes(self, split: str) -> int:
     """Length of `split` in bytes."""
+
+  def source_distances(self, split: str) -> np.ndarray | None:
+    """int32, shaped as `split_bytes(split)`: how far back each byte's copy source lies in
+    its example (0 = a byte with no source), which evaluation aggregates bits by; None for
+    data without that structure (text)."""
+    del split
+    return None
 
   def train_batch(
     self, step: int, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
@@ -75,7 +95,7 @@ class ByteDataset(abc.ABC):
     """
     rows = process_rows(step, batch_size, seed, process_index, process_count)
     rng = np.random.default_rng([seed, step, ROW_TAG])
-    return self._train_rows(rng, batch_size, rows).astype(np.int32)
+    return self._train_rows(rng, batch_size, rows, step).astype(np.int32)
 
   def train_batches(
     self,

@@ -1,53 +1,93 @@
-"""The synthetic copy task: a stream of examples, each ceil(L/2) random symbols followed by
-their copy or mirror (L = data.copy_length), so predicting a second half needs reading L/2
-bytes back. Training rows are random windows of that stream, generated on the fly (no
-files); validation / test are fixed streams of COPY_EVAL_EXAMPLES examples, back to back."""
+"""The synthetic copy task: examples of L = data.copy_length bytes, each ceil(L/2) random
+symbols followed by their copy or mirror (truncated to L), so predicting a second half needs
+reading up to L/2 (copy) or L - 1 (mirror) bytes back. Generated on the fly (no files), in two
+forms:
+  * streamed (data.copy_min_crop = 0, the default): training rows are random windows of a
+    stream of examples back to back; validation / test are fixed streams of
+    COPY_EVAL_EXAMPLES examples, [COPY_EVAL_EXAMPLES * L] bytes.
+  * aligned (data.copy_min_crop > 0), google-research/perceiver-ar's `random_mirrored_L`: each
+    training row is ONE example cropped to its first c ~ U[copy_min_crop, L] bytes, placed at
+    the end of the row after W - c positions of left padding (PAD, neither attended nor
+    scored), so the window starts at the example's first byte; validation / test are
+    [COPY_EVAL_EXAMPLES, L] arrays whose examples evaluation scores each in its own windows.
+A curriculum (`copy_settings`) may grow L over training; `copy_length_at` says L at a step.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import numpy as np
 
 from perceiver_ar_vl.config_choices import SPLITS
-from perceiver_ar_vl.data.base import ByteDataset
+from perceiver_ar_vl.data.base import PAD, ByteDataset
+from perceiver_ar_vl.data.copy_settings import CopySettings, copy_settings, scheduled_length
 
 COPY_EVAL_EXAMPLES = 64  # examples in each copy-task evaluation split
 COPY_EVAL_TAG = 0xC0B1  # keeps the copy task's eval streams apart from training rows
 
 
-class CopyDataset(ByteDataset):
-  """Synthetic long-range task: a stream of examples of `length` bytes, each ceil(length/2)
-  random symbols followed by their copy (or mirror), truncated to `length`.
+def copy_length_at(config: Any, step: int) -> int:
+  """The copy task's example length L at training step `step` of the run `config` describes
+  (its data.copy_* curriculum over train.steps; data.copy_length, or the window M, without
+  one). A pure function of (config, step): a resumed run sees the same L."""
+  settings = copy_settings(config.data, config.model.max_context + 1)
+  if settings.schedule != 'none':
+    settings = dataclasses.replace(settings, total_steps=int(config.train.steps))
+  return scheduled_length(settings, step)
 
-  Training rows are random W-byte windows of that stream (a random phase, then fresh examples),
-  so every position of a row is either unpredictable (first halves: log2(vocab) bits) or
-  determined by a byte length/2 positions back (second halves: 0 bits). A perfect model scores
-  about log2(vocab)/2 bits per byte; reaching it needs reading back length/2 positions, past
-  the latents and into the cross-attend prefix when length/2 > N.
+
+def source_distances_of(length: int, mode: str) -> np.ndarray:
+  """int32 [length]: for byte k of one example, how far back its source lies (0 = one of
+  the ceil(length/2) random bytes; copy: ceil(length/2); mirror: 2 (k - ceil(length/2)) + 1)."""
+  half = (length + 1) // 2
+  k_L = np.arange(length)
+  distance_L = np.full(length, half) if mode == 'copy' else 2 * (k_L - half) + 1
+  return np.where(k_L >= half, distance_L, 0).astype(np.int32)
+
+
+class CopyDataset(ByteDataset):
+  """Synthetic long-range task (see the module docstring) for one `CopySettings`.
+
+  Every byte is either unpredictable (first halves: log2(vocab) bits) or determined by a byte
+  further back (second halves: 0 bits). In the streamed form a perfect model scores about
+  log2(vocab)/2 bits per byte; reaching it needs reading back L/2 positions, past the latents
+  and into the cross-attend prefix when L/2 > N.
   """
 
-  def __init__(
-    self, window: int, mode: str = 'copy', vocab: int = 16, seed: int = 0, length: int = 0
-  ):
+  def __init__(self, settings: CopySettings, window: int, seed: int = 0):
     super().__init__(window)
-    self.mode = mode
-    self.length = int(length) or window - 1
-    self.symbols = ((ord('a') + np.arange(vocab)) % 256).astype(np.uint8)  # [vocab]
+    self.settings = settings
+    self.mode = settings.mode
+    self.length = settings.length  # L of the evaluation splits (the curriculum's end)
+    self.aligned = settings.min_crop > 0
+    self.symbols = ((ord('a') + np.arange(settings.vocab)) % 256).astype(np.uint8)  # [vocab]
     self.seed = seed
     self._cache: dict[str, np.ndarray] = {}
 
-  def _examples(self, rng: np.random.Generator, count: int) -> np.ndarray:
-    """`count` examples back to back, uint8 [count * length]."""
-    half = (self.length + 1) // 2
+  def _examples(self, rng: np.random.Generator, count: int, length: int) -> np.ndarray:
+    """`count` examples of `length` bytes, uint8 [count, length]."""
+    half = (length + 1) // 2
     first_CxH = self.symbols[rng.integers(0, len(self.symbols), (count, half))]
     second_CxH = first_CxH if self.mode == 'copy' else first_CxH[:, ::-1]
-    return np.concatenate([first_CxH, second_CxH], axis=1)[:, : self.length].reshape(-1)
+    return np.concatenate([first_CxH, second_CxH], axis=1)[:, :length]
 
-  def _train_rows(self, rng: np.random.Generator, batch_size: int, rows: range) -> np.ndarray:
-    # Each global row: a phase in [0, L), then enough fresh examples to cover phase + W bytes.
-    per_row = -(-(self.length - 1 + self.window) // self.length)  # examples per row
-    phases_B = rng.integers(0, self.length, size=batch_size)
-    stream_BxS = self._examples(rng, batch_size * per_row).reshape(batch_size, -1)
+  def _train_rows(
+    self, rng: np.random.Generator, batch_size: int, rows: range, step: int
+  ) -> np.ndarray:
+    length = scheduled_length(self.settings, step)
     sl = slice(rows.start, rows.stop)
+    if self.aligned:  # one example per row, cropped, after left padding
+      examples_BxL = self._examples(rng, batch_size, length)
+      crops_B = rng.integers(self.settings.min_crop, length + 1, size=batch_size)
+      index_RxW = np.arange(self.window)[None, :] - (self.window - crops_B[sl, None])
+      taken_RxW = np.take_along_axis(examples_BxL[sl], np.maximum(index_RxW, 0), axis=1)
+      return np.where(index_RxW >= 0, taken_RxW.astype(np.int32), PAD)
+    # Each global row: a phase in [0, L), then enough fresh examples to cover phase + W bytes.
+    per_row = -(-(length - 1 + self.window) // length)  # examples per row
+    phases_B = rng.integers(0, length, size=batch_size)
+    stream_BxS = self._examples(rng, batch_size * per_row, length).reshape(batch_size, -1)
     return np.take_along_axis(stream_BxS[sl], phases_B[sl, None] + np.arange(self.window), axis=1)
 
   def split_bytes(self, split: str) -> np.ndarray:
@@ -55,7 +95,8 @@ class CopyDataset(ByteDataset):
     if split not in self._cache:
       tag = SPLITS.index(split)
       rng = np.random.default_rng([self.seed, COPY_EVAL_TAG, tag])
-      array = self._examples(rng, COPY_EVAL_EXAMPLES)
+      array = self._examples(rng, COPY_EVAL_EXAMPLES, self.length)
+      array = array if self.aligned else array.reshape(-1)
       array.flags.writeable = False
       self._cache[split] = array
     return self._cache[split]
@@ -63,3 +104,10 @@ class CopyDataset(ByteDataset):
   def num_bytes(self, split: str) -> int:
     self._check_split(split)
     return COPY_EVAL_EXAMPLES * self.length
+
+  def source_distances(self, split: str) -> np.ndarray:
+    """int32 shaped as `split_bytes(split)`: each byte's distance back to its source in its
+    example (0 = a random first-half byte); the same for every split."""
+    self._check_split(split)
+    distances_ExL = np.tile(source_distances_of(self.length, self.mode), (COPY_EVAL_EXAMPLES, 1))
+    return distances_ExL if self.aligned else distances_ExL.reshape(-1)

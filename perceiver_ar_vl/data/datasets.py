@@ -11,8 +11,15 @@
   copy_mode     copy task: 'mirror' (second half = first half reversed) or 'copy' (repeated).
   copy_vocab    copy task: alphabet size k in [2, 256]; symbol i is byte (ord('a') + i) % 256,
                 so k <= 26 gives the letters 'a'.. (k = 16: 'a'..'p').
-  copy_length   copy task: bytes per example (0 = the window M), so the copy distance is
-                about copy_length / 2.
+  copy_length   copy task: bytes per example L (0 = the window M), so the copy distance is
+                about L / 2 (copy) or up to L - 1 (mirror).
+  copy_min_crop copy task: 0 = streamed rows (windows of a stream of examples); > 0 = the
+                original's aligned task: one example per row (L <= M + 1), cropped to its first
+                c ~ U[copy_min_crop, L] bytes, left-padded (copy_task.py).
+  copy_length_schedule, copy_length_min, copy_length_warmup_fraction, copy_length_stairs
+                copy task: a curriculum growing L from copy_length_min to copy_length
+                ('none' = off; linear | stepwise | staircase, as latents.schedule;
+                copy_settings.py); copy_length_total_steps is train.steps (linked).
   in_memory_bytes  enwik8 / text_file: a train split of at most this many bytes is held in
                 memory as one array (batches are one gather); a larger one is read per row
                 from its array_record records. 0 always reads records.
@@ -44,14 +51,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from perceiver_ar_vl import errors
-from perceiver_ar_vl.config_choices import COPY_MODES, DATA_NAMES, SPLITS
+from perceiver_ar_vl.config_choices import DATA_NAMES, SPLITS
 from perceiver_ar_vl.data import sources
-from perceiver_ar_vl.data.base import (
-  DEFAULTS,
-  VOCAB_SIZE,
-  ByteDataset,
-  config_value,
-)
+from perceiver_ar_vl.data.base import DEFAULTS, ByteDataset, config_value
+from perceiver_ar_vl.data.copy_settings import copy_settings
 from perceiver_ar_vl.data.copy_task import CopyDataset
 
 # grain and tensorflow_datasets (builders imports it) are imported where they are used: they
@@ -118,7 +121,10 @@ class PreparedByteDataset(ByteDataset):
     offset = start - first * self._chunk
     return np.frombuffer(data, np.uint8, count=length, offset=offset)
 
-  def _train_rows(self, rng: np.random.Generator, batch_size: int, rows: range) -> np.ndarray:
+  def _train_rows(
+    self, rng: np.random.Generator, batch_size: int, rows: range, step: int
+  ) -> np.ndarray:
+    del step  # no curriculum: every step draws from the whole train split
     starts_B = rng.integers(0, self._num_bytes['train'] - self.window + 1, size=batch_size)
     starts_R = starts_B[rows.start : rows.stop]
     if self.train_in_memory:  # one gather from the split held in memory
@@ -177,20 +183,7 @@ def make_dataset(
     )
 
   if name == 'copy':
-    mode = config_value(data_config, 'copy_mode')
-    if mode not in COPY_MODES:
-      raise errors.UserError(f'Unknown data.copy_mode {mode!r}; choose one of {COPY_MODES}.')
-    vocab = config_value(data_config, 'copy_vocab')
-    if not isinstance(vocab, int | np.integer) or not 2 <= vocab <= VOCAB_SIZE:
-      raise errors.UserError(
-        f'data.copy_vocab must be an integer in [2, {VOCAB_SIZE}], got {vocab!r}.'
-      )
-    length = config_value(data_config, 'copy_length')
-    if not isinstance(length, int | np.integer) or length < 0:
-      raise errors.UserError(
-        f'data.copy_length must be an integer >= 0 (0 = the window), got {length!r}.'
-      )
-    return CopyDataset(window, mode=mode, vocab=int(vocab), seed=seed, length=int(length))
+    return CopyDataset(copy_settings(data_config, window), window, seed)
 
   in_memory_bytes = config_value(data_config, 'in_memory_bytes')
   if not isinstance(in_memory_bytes, int | np.integer) or in_memory_bytes < 0:
@@ -227,6 +220,15 @@ def make_dataset(
   _check_text_sizes(paths, heldout, window)
   builder = builders.byte_file_builder(data_dir, paths, heldout, int(record_bytes))
   return PreparedByteDataset(builder, window, f'data.path={path!r}', in_memory_bytes)
+
+
+def rows_have_padding(data_config: Mapping[str, Any] | Any) -> bool:
+  """Whether `config.data`'s training rows can hold left padding (PAD): the aligned copy task.
+  The train step derives input masks and loss weights from the rows only then, so every other
+  run compiles the step it always did."""
+  return (
+    config_value(data_config, 'name') == 'copy' and config_value(data_config, 'copy_min_crop') > 0
+  )
 
 
 def _check_text_sizes(paths: list[str], heldout: str, window: int) -> None:

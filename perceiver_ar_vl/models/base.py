@@ -97,6 +97,7 @@ class LanguageModel(nn.Module):
   rotary_fraction: float = 0.5
   max_wavelength: float = 10_000.0
   rotary_convention: str = 'half'  # 'interleaved': the original's (layers.rotary)
+  position_origin: str = 'window'  # 'first_byte': tables count from a row's first valid byte
   layer_norm_epsilon: float = 1e-6  # Flax's default; the original (Haiku) uses 1e-5
   attention_impl: AttentionImpl = 'auto'
   dtype: jnp.dtype = jnp.float32
@@ -128,6 +129,7 @@ class LanguageModel(nn.Module):
     masked where there is no byte yet): one uncached decoding step."""
     batch, window = window_BxM.shape
     valid_BxM = window_indices(context_len, batch, window) >= 0
+    window_BxM = self.mark_padding(window_BxM, valid_BxM)
     return self.window_logits(window_BxM, num_latents, bucket, valid_BxM)[:, -1]
 
   @nn.nowrap
@@ -184,7 +186,7 @@ class LanguageModel(nn.Module):
     """`window_logits` with these variables; training mode (dropout) when `rngs` is given."""
     return self.apply(
       variables,
-      tokens_BxM,
+      self.mark_padding(tokens_BxM, input_mask),
       num_latents,
       bucket,
       input_mask,
@@ -219,6 +221,7 @@ class LanguageModel(nn.Module):
       ('model.activation', self.activation),
       ('model.remat', self.remat),
       ('model.rotary_convention', self.rotary_convention),
+      ('model.position_origin', self.position_origin),
     ):
       message = config_choices.unknown_choice(key, value)
       if message:
@@ -283,9 +286,23 @@ class LanguageModel(nn.Module):
       kernel_init=nn.initializers.zeros,
     )
 
+  @nn.nowrap
+  def mark_padding(self, tokens_BxM: jax.Array, input_mask_BxM) -> jax.Array:
+    """With position_origin='first_byte', the window with its invalid (left padding)
+    positions set to -1, which `embed_tokens` counts; otherwise the window unchanged."""
+    if self.position_origin != 'first_byte' or input_mask_BxM is None:
+      return tokens_BxM
+    return jnp.where(input_mask_BxM, tokens_BxM, -1)
+
   def embed_tokens(self, tokens_BxT: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     """Token embedding (plus the absolute or sinusoidal table when selected) in the compute
-    dtype."""
+    dtype. With position_origin='first_byte', negative tokens (`mark_padding`) are embedded
+    as byte 0 and the table's positions count from each row's first valid byte (window index
+    minus the padding before it), as the original numbers positions from an example's start."""
+    if self.position_origin == 'first_byte':
+      padding_Bx1 = (tokens_BxT < 0).sum(-1, keepdims=True)
+      positions_BxT = jnp.maximum(positions_BxT - padding_Bx1, 0)
+      tokens_BxT = jnp.maximum(tokens_BxT, 0)
     x = self.embed(tokens_BxT)
     if self.position_encoding in ('absolute', 'sinusoidal'):
       x = x + jnp.take(self.position_table, positions_BxT, axis=0)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from perceiver_ar_vl import losses
+from perceiver_ar_vl import data, losses
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.train_state import TrainState
 
@@ -48,6 +48,8 @@ def train_step(
   grad_accum_steps: int,
   schedule,
   random_truncation: float = 0.0,
+  padded_rows: bool = False,
+  window: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a batch of windows [batch, M+1] with N active latents.
 
@@ -55,14 +57,29 @@ def train_step(
   same masks. With grad_accum_steps = k the batch is split into k microbatches whose gradients
   are averaged (each has the same number of active targets, so this equals the full-batch
   gradient; with random_truncation > 0 each microbatch's mean is weighted equally).
+
+  `padded_rows` (static; `data.rows_have_padding`): rows may hold left padding (negative
+  tokens, data.PAD), which is then neither attended nor scored: the input mask is tokens >= 0
+  and a latent slot at padding carries no loss; tokens are clipped to 0 before the model.
+  Without it the step is the one it always was.
+
+  `window` (static; `windows.window_at`): > 0 trains on the last `window` input bytes of each
+  row only (the window curriculum), a static slice; 0 = the whole row.
   """
   rng = jax.random.fold_in(base_rng, state.step)
+  if 0 < window < window_BxW.shape[1] - 1:
+    window_BxW = window_BxW[:, -(window + 1) :]
 
   def loss_fn(params, micro_BxW, micro_rng):
     input_mask, weights = None, None
+    if padded_rows:  # left padding: negative tokens
+      input_mask = micro_BxW[:, :-1] >= 0
+      micro_BxW = jnp.maximum(micro_BxW, 0)
     if random_truncation > 0:
       trunc_rng = jax.random.fold_in(micro_rng, _TRUNCATION_STREAM)
-      input_mask = truncation_mask(micro_BxW, random_truncation, trunc_rng)
+      truncated = truncation_mask(micro_BxW, random_truncation, trunc_rng)
+      input_mask = truncated if input_mask is None else input_mask & truncated
+    if input_mask is not None:
       weights = input_mask[:, input_mask.shape[1] - bucket :]  # a latent at padding: no loss
     logits = model.forward(
       params,
@@ -111,11 +128,15 @@ def train_step(
 
 
 def bucket_step(
-  config: ml_collections.ConfigDict, model: LanguageModel, bucket: int, schedule
+  config: ml_collections.ConfigDict,
+  model: LanguageModel,
+  bucket: int,
+  schedule,
+  window: int = 0,
 ) -> Callable:
-  """`train_step` bound to `config`'s model, loss and optimizer settings at latent `bucket`:
-  (state, window_BxW, num_latents, base_rng) -> (state, metrics). What training, the memory
-  report and the benchmarks all compile."""
+  """`train_step` bound to `config`'s model, loss and optimizer settings at latent `bucket`
+  (and training `window`, 0 = the whole row): (state, window_BxW, num_latents, base_rng) ->
+  (state, metrics). What training, the memory report and the benchmarks all compile."""
   return functools.partial(
     train_step,
     model=model,
@@ -124,4 +145,6 @@ def bucket_step(
     grad_accum_steps=config.train.grad_accum_steps,
     schedule=schedule,
     random_truncation=config.train.random_truncation,
+    padded_rows=data.rows_have_padding(config.data),
+    window=window,
   )
