@@ -41,6 +41,8 @@ RUNS = (
   'transformer',
   'ecp',
 )
+# configs/ files that are not runs of the strategy comparison: tasks with presets of their own.
+TASK_CONFIGS = ('long_copy',)
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 SEED_WINDOW = 1024  # the window that runs' latent counts are written for
 assert set(PRESET_SETTINGS) == set(config_choices.PRESETS)

@@ -207,8 +207,8 @@ def test_the_loop_reads_nothing_from_the_device_between_logs(tmp_path, monkeypat
   monkeypatch.setattr(host_loop.MetricLog, 'add', counting_add)
   monkeypatch.setattr(host_loop.MetricLog, 'flush', allowed(host_loop.MetricLog.flush, True))
   monkeypatch.setattr(checkpoints, 'save', allowed(checkpoints.save))
-  # The final validation scores on the device (run.validation_bits); the rest of it is host work.
-  monkeypatch.setattr(run, 'validation_bits', allowed(run.validation_bits))
+  # The final validation scores on the device (run.validation_metrics); the rest is host work.
+  monkeypatch.setattr(run, 'validation_metrics', allowed(run.validation_metrics))
   with jax.transfer_guard_device_to_host('disallow'):
     summary = training.train(config, str(tmp_path))
   assert summary['final_step'] == 10

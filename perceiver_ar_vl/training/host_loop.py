@@ -97,29 +97,36 @@ class StopVote:
 
 
 class CompiledSteps:
-  """train_step jitted once per latent bucket; `compiles` counts the traces of each bucket.
+  """train_step jitted once per latent bucket (and training window, with a window curriculum);
+  `compiles` counts the traces of each latent bucket, `window_compiles` of each window.
 
   `compile_ahead` compiles the buckets a run will use before its first step (ahead-of-time
   `.lower().compile()`), so the run never pauses mid-way to compile; a bucket not compiled
-  ahead is still compiled on first use, through jit.
+  ahead is still compiled on first use, through jit. `window` 0 is the whole row.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh, schedule):
     self._config, self._model, self._mesh, self._schedule = config, model, mesh, schedule
-    self._fns: dict[int, Callable] = {}
-    self._compiled: dict[int, Callable] = {}
+    self._fns: dict[tuple[int, int], Callable] = {}
+    self._compiled: dict[tuple[int, int], Callable] = {}
     self.compiles: dict[int, int] = {}
+    self.window_compiles: dict[int, int] = {}
 
-  def __call__(self, bucket: int) -> Callable:
-    if bucket in self._compiled:
-      return self._compiled[bucket]
-    if bucket not in self._fns:
+  def __call__(self, bucket: int, window: int = 0) -> Callable:
+    key = (bucket, window)
+    if key in self._compiled:
+      return self._compiled[key]
+    if key not in self._fns:
       t = self._config.train
-      step = bucket_step(self._config, self._model, bucket, self._schedule)
+      step = bucket_step(self._config, self._model, bucket, self._schedule, window)
 
       def counted(state, *args):
         self.compiles[bucket] = self.compiles.get(bucket, 0) + 1  # runs at trace time only
-        logging.info('Compiling train_step for bucket %d.', bucket)
+        if window:
+          self.window_compiles[window] = self.window_compiles.get(window, 0) + 1
+        logging.info(
+          'Compiling train_step for bucket %d%s.', bucket, f' window {window}' if window else ''
+        )
         new_state, step_metrics = step(state, *args)
         # The new state is placed like the one that came in (by create_train_state or
         # restore): replicated, or with train.fsdp split over the data axis, where XLA
@@ -129,20 +136,26 @@ class CompiledSteps:
 
       rep, rows = parallel.replicated(self._mesh), parallel.batch_sharded(self._mesh)
       # The state's shardings (None): those of the state passed in, which it keeps.
-      self._fns[bucket] = jax.jit(
+      self._fns[key] = jax.jit(
         counted, donate_argnums=0, in_shardings=(None, rows, rep, rep), out_shardings=(None, rep)
       )
-    return self._fns[bucket]
+    return self._fns[key]
 
-  def compile_ahead(self, buckets: list[int], state: TrainState, base_rng: jax.Array) -> None:
-    """Compiles train_step for each of `buckets` now (one trace each), for `state`'s shapes."""
+  def compile_ahead(
+    self, buckets: list[int], state: TrainState, base_rng: jax.Array, windows: tuple = (0,)
+  ) -> None:
+    """Compiles train_step for each of `buckets` (at each of `windows`) now, one trace each,
+    for `state`'s shapes."""
     c = self._config
     rows = (c.train.batch_size, c.model.max_context + 1)
     batch = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=parallel.batch_sharded(self._mesh))
     n = jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(self._mesh))
-    for bucket in buckets:
-      if bucket not in self._compiled:
-        self._compiled[bucket] = self(bucket).lower(state, batch, n, base_rng).compile()
+    for window in windows:
+      for bucket in buckets:
+        if (bucket, window) not in self._compiled:
+          fn = self(bucket, window) if window else self(bucket)
+          compiled = fn.lower(state, batch, n, base_rng).compile()
+          self._compiled[(bucket, window)] = compiled
 
 
 class DeviceBatches:

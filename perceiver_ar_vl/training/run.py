@@ -36,6 +36,7 @@ from perceiver_ar_vl import (
   parallel,
   run_files,
   train_state,
+  windows,
 )
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.train_state import TrainState
@@ -50,8 +51,9 @@ from perceiver_ar_vl.training.host_loop import (
 )
 
 
-def validation_bits(config, model, params, dataset, mesh) -> float:
-  """Validation bits per byte at the training maximum N, over train.eval_max_bytes bytes."""
+def validation_metrics(config, model, params, dataset, mesh) -> dict[str, float]:
+  """Validation bits per byte at the training maximum N, over train.eval_max_bytes bytes
+  ('validation_bits_per_byte'); on the copy task also its copy and fresh bits."""
   result = evaluate.bits_per_byte(
     model,
     params,
@@ -60,8 +62,13 @@ def validation_bits(config, model, params, dataset, mesh) -> float:
     batch_size=config.eval.batch_size,
     max_bytes=config.train.eval_max_bytes,
     mesh=mesh,
+    source_distances=dataset.source_distances('validation'),
   )
-  return result['bits']
+  found = {'validation_bits_per_byte': result['bits']}
+  for key in ('copy_bits', 'fresh_bits'):
+    if result.get(key) is not None:
+      found[f'validation_{key}'] = result[key]
+  return found
 
 
 def _check_batch(t: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -122,7 +129,8 @@ def train(
   `after_step(step)`, if given, is called on the host after each step is dispatched (step =
   the number of steps done), before the stop vote: e.g. to send a signal at a chosen step.
 
-  The summary holds 'start_step', 'final_step', 'compiles' ({bucket: traces}), 'buckets_used',
+  The summary holds 'start_step', 'final_step', 'compiles' ({bucket: traces}), 'buckets_used'
+  (with a window curriculum also 'windows_used'),
   'train_seconds' (wall-clock of every invocation on this workdir, summed) and, once the run
   is finished, 'validation_bits'. It is also written to `train_summary.json`. Re-running a
   finished run returns at once (it only scores validation if a kill prevented that before).
@@ -167,6 +175,8 @@ def train(
       writer.close()
   summary['compiles'] = dict(steps.compiles)
   summary['buckets_used'] = sorted(steps.compiles)
+  if config.window.schedule != 'none':
+    summary['windows_used'] = sorted(steps.window_compiles)
   run_files.write_summary(summary, workdir, time.perf_counter() - started)
   return summary
 
@@ -196,11 +206,14 @@ def _train_steps(
   )
   last_saved = start_step
   with DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
-    steps.compile_ahead(latents.buckets_ahead(config, start_step), state, base_rng)
+    curriculum = config.window.schedule != 'none'  # else the whole row (window 0)
+    ahead = windows.windows_ahead(config, start_step) if curriculum else [0]
+    steps.compile_ahead(latents.buckets_ahead(config, start_step), state, base_rng, ahead)
     for step in range(start_step, t.steps):
       n = latents.latent_count(config, step)
       bucket = latents.bucket_for(n, config.latents.buckets)
-      state, device_metrics = steps(bucket)(state, next(batches), latent_counts(n), base_rng)
+      step_fn = steps(bucket, windows.window_at(config, step)) if curriculum else steps(bucket)
+      state, device_metrics = step_fn(state, next(batches), latent_counts(n), base_rng)
       done = step + 1
       log.add(done, n, bucket, device_metrics)
       if after_step is not None:
@@ -213,8 +226,7 @@ def _train_steps(
         checkpoints.save(run.mngr, done, state)
         last_saved = done
       if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-        bits = validation_bits(config, run.model, state.params, run.dataset, mesh)
-        log.write(done, {'validation_bits_per_byte': bits})
+        log.write(done, validation_metrics(config, run.model, state.params, run.dataset, mesh))
       if stop:
         logging.warning('Stopping after step %d (%s): saved step %d, exiting.', done, stop, done)
         break
@@ -227,7 +239,8 @@ def _final_validation(run: _Run, params, writer: metrics.MetricWriter, workdir: 
   steps = run.config.train.steps
   bits = run_files.recorded_validation_bits(workdir, steps)
   if bits is None:
-    bits = validation_bits(run.config, run.model, params, run.dataset, run.mesh)
-    writer.write(steps, {'validation_bits_per_byte': bits})
+    found = validation_metrics(run.config, run.model, params, run.dataset, run.mesh)
+    writer.write(steps, found)
+    bits = found['validation_bits_per_byte']
   logging.info('Validation bits per byte at step %d: %.4f', steps, bits)
   return bits

@@ -1,0 +1,154 @@
+"""How far back can the copy task be learned, and how fast? Trains configs/long_copy.py:smoke's
+model at several copy distances, with and without the curricula over the copy distance and the
+window, each under a wall-clock budget, and prints the table of docs/long_copy.md.
+
+  python benchmarks/long_copy_study.py --out=/tmp/long_copy_study --distances=512,2048 \
+      --budget_minutes=6
+  python benchmarks/long_copy_study.py --out=/tmp/long_copy_study --report  # table only
+
+Each run is `launch.py --config=configs/long_copy.py:smoke` with the window M = 2 x the
+distance (copy_length = M, so every second-half byte's source lies M/2 back), one process,
+stopped with SIGTERM (it saves and exits) when the budget is spent. "Solved" is the first
+logged step whose training bits per byte is <= 2.05: in the streamed task half the targets
+are fresh random symbols (log2(16) = 4 bits each, which no model can beat) and half are copies,
+so training bits = (4 + copy_bits) / 2 and 2.05 is copy_bits <= 0.1. Minutes count from the
+first logged step (compiles excluded). Runs are resumable: a finished run (its
+train_summary.json or a budget marker) is not rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOLVED_BITS = 2.05  # training bits per byte at copy_bits 0.1 (fresh bytes: 4 bits)
+
+# variant -> overrides given the distance d and window M = 2d (curricula start at 1024 bytes).
+VARIANTS = {
+  'plain': lambda d, m: [],
+  'distance curriculum': lambda d, m: [
+    '--config.data.copy_length_schedule=stepwise',
+    '--config.data.copy_length_min=1024',
+    '--config.data.copy_length_warmup_fraction=0.5',
+  ],
+  'distance + window curricula': lambda d, m: [
+    '--config.data.copy_length_schedule=stepwise',
+    '--config.data.copy_length_min=1024',
+    '--config.data.copy_length_warmup_fraction=0.5',
+    '--config.window.schedule=stepwise',
+    '--config.window.min=1024',
+    '--config.window.warmup_fraction=0.5',
+  ],
+}
+
+
+def run_args(distance: int, variant: str, steps: int, latents: int) -> list[str]:
+  window = 2 * distance
+  args = [
+    f'--config.model.max_context={window}',
+    f'--config.model.max_wavelength={2.0 * window}',
+    f'--config.data.copy_length={window}',
+    f'--config.train.steps={steps}',
+    f'--config.latents.min={latents}',
+    f'--config.latents.max={latents}',
+    f'--config.latents.buckets=({latents},)',
+    f'--config.train.checkpoint_every={steps}',
+    '--config.train.log_every=25',
+  ]
+  if variant != 'plain' and window <= 1024:
+    return []  # nothing to grow: the curricula start at 1024 bytes
+  return args + VARIANTS[variant](distance, window)
+
+
+def train(workdir: str, args: list[str], budget_s: float) -> None:
+  """launch.py training in `workdir`, sent SIGTERM after `budget_s` seconds."""
+  marker = os.path.join(workdir, 'budget_spent')
+  if os.path.exists(os.path.join(workdir, 'train_summary.json')) or os.path.exists(marker):
+    return
+  os.makedirs(workdir, exist_ok=True)
+  command = [sys.executable, 'launch.py', '--config=configs/long_copy.py:smoke']
+  command += [f'--workdir={workdir}', *args]
+  with open(os.path.join(workdir, 'log.txt'), 'w') as log:
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      process.wait(timeout=budget_s)
+    except subprocess.TimeoutExpired:
+      process.terminate()  # SIGTERM: saves and exits
+      process.wait()
+      open(marker, 'w').close()
+
+
+def outcome(workdir: str) -> dict:
+  """Minutes (from the first logged step) to the first step with bits <= SOLVED_BITS, the
+  last logged bits, and the steps and minutes trained."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return {}
+  rows = [json.loads(line) for line in open(path) if '"bits_per_byte"' in line]
+  if not rows:
+    return {}
+  start = rows[0]['time']
+  solved = next((r for r in rows if r['bits_per_byte'] <= SOLVED_BITS), None)
+  return {
+    'solved_minutes': None if solved is None else (solved['time'] - start) / 60,
+    'solved_step': None if solved is None else solved['step'],
+    'last_bits': rows[-1]['bits_per_byte'],
+    'steps': rows[-1]['step'],
+    'minutes': (rows[-1]['time'] - start) / 60,
+  }
+
+
+def report(out: str, distances: list[int]) -> str:
+  lines = [
+    '| copy distance | window M | variant | solved (copy_bits <= 0.1) after | last training '
+    'bits | steps | minutes trained |',
+    '|---:|---:|---|---|---:|---:|---:|',
+  ]
+  for d in distances:
+    for variant in VARIANTS:
+      r = outcome(os.path.join(out, f'd{d}_{variant.replace(" ", "_").replace("+", "and")}'))
+      if not r:
+        continue
+      solved = (
+        f'{r["solved_minutes"]:.1f} min (step {r["solved_step"]})'
+        if r['solved_minutes'] is not None
+        else 'not solved'
+      )
+      lines.append(
+        f'| {d} | {2 * d} | {variant} | {solved} | {r["last_bits"]:.2f} | {r["steps"]} | '
+        f'{r["minutes"]:.1f} |'
+      )
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', required=True, help='one workdir per run under it')
+  parser.add_argument('--distances', default='512,2048,8192')
+  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--budget_minutes', type=float, default=6.0, help='per run')
+  parser.add_argument('--steps', type=int, default=1200, help='train.steps (schedules span it)')
+  parser.add_argument('--latents', type=int, default=256)
+  parser.add_argument('--report', action='store_true', help='only print the table')
+  args = parser.parse_args()
+  distances = [int(d) for d in args.distances.split(',')]
+  if not args.report:
+    for d in distances:
+      for variant in args.variants.split(','):
+        run = run_args(d, variant, args.steps, args.latents)
+        if not run:
+          continue
+        name = f'd{d}_{variant.replace(" ", "_").replace("+", "and")}'
+        started = time.time()
+        train(os.path.join(args.out, name), run, args.budget_minutes * 60)
+        print(f'{name}: {time.time() - started:.0f} s', flush=True)
+  print(report(args.out, distances))
+
+
+if __name__ == '__main__':
+  main()
