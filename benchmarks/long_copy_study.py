@@ -47,12 +47,19 @@ VARIANTS = {
 }
 
 
-def run_args(distance: int, variant: str, steps: int, latents: int) -> list[str]:
-  window = 2 * distance
+def window_of(distance: int, extra: int) -> int:
+  """The window M: 2 x the distance, or with `extra` > 0 the distance + extra bytes (just
+  enough for the last `extra` positions, the latents, to see their copies' sources)."""
+  return distance + extra if extra else 2 * distance
+
+
+def run_args(distance: int, variant: str, steps: int, latents: int, extra: int, lr: float):
+  window = window_of(distance, extra)
   args = [
     f'--config.model.max_context={window}',
     f'--config.model.max_wavelength={2.0 * window}',
-    f'--config.data.copy_length={window}',
+    f'--config.data.copy_length={2 * distance}',
+    f'--config.train.learning_rate={lr}',
     f'--config.train.steps={steps}',
     f'--config.latents.min={latents}',
     f'--config.latents.max={latents}',
@@ -60,7 +67,7 @@ def run_args(distance: int, variant: str, steps: int, latents: int) -> list[str]
     f'--config.train.checkpoint_every={steps}',
     '--config.train.log_every=25',
   ]
-  if variant != 'plain' and window <= 1024:
+  if variant != 'plain' and 2 * distance <= 1024:
     return []  # nothing to grow: the curricula start at 1024 bytes
   return args + VARIANTS[variant](distance, window)
 
@@ -103,25 +110,31 @@ def outcome(workdir: str) -> dict:
   }
 
 
-def report(out: str, distances: list[int]) -> str:
+def run_name(distance: int, variant: str, extra: int, lr: float, latents: int) -> str:
+  name = f'd{distance}_{variant.replace(" ", "_").replace("+", "and")}'
+  return name + (f'_M{distance + extra}' if extra else '') + f'_lr{lr:g}_N{latents}'
+
+
+def report(out: str) -> str:
   lines = [
-    '| copy distance | window M | variant | solved (copy_bits <= 0.1) after | last training '
-    'bits | steps | minutes trained |',
-    '|---:|---:|---|---|---:|---:|---:|',
+    '| copy distance | window M | variant | N | lr | solved (copy_bits <= 0.1) after | last '
+    'training bits | steps | minutes trained |',
+    '|---:|---:|---|---:|---:|---|---:|---:|---:|',
   ]
-  for d in distances:
-    for variant in VARIANTS:
-      r = outcome(os.path.join(out, f'd{d}_{variant.replace(" ", "_").replace("+", "and")}'))
-      if not r:
-        continue
+  names = [n for n in os.listdir(out) if os.path.exists(os.path.join(out, n, 'run.json'))]
+  for name in sorted(names, key=lambda n: (int(n[1:].split('_')[0]), n)):
+    with open(os.path.join(out, name, 'run.json')) as f:
+      meta = json.load(f)
+    r = outcome(os.path.join(out, name))
+    if r:
       solved = (
         f'{r["solved_minutes"]:.1f} min (step {r["solved_step"]})'
         if r['solved_minutes'] is not None
         else 'not solved'
       )
       lines.append(
-        f'| {d} | {2 * d} | {variant} | {solved} | {r["last_bits"]:.2f} | {r["steps"]} | '
-        f'{r["minutes"]:.1f} |'
+        f'| {meta["distance"]} | {meta["window"]} | {meta["variant"]} | {meta["latents"]} | '
+        f'{meta["lr"]:g} | {solved} | {r["last_bits"]:.2f} | {r["steps"]} | {r["minutes"]:.1f} |'
       )
   return '\n'.join(lines)
 
@@ -134,20 +147,28 @@ def main() -> None:
   parser.add_argument('--budget_minutes', type=float, default=6.0, help='per run')
   parser.add_argument('--steps', type=int, default=1200, help='train.steps (schedules span it)')
   parser.add_argument('--latents', type=int, default=256)
+  parser.add_argument('--window_extra', type=int, default=0, help='M = distance + this (0: 2x)')
+  parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--report', action='store_true', help='only print the table')
   args = parser.parse_args()
   distances = [int(d) for d in args.distances.split(',')]
   if not args.report:
     for d in distances:
       for variant in args.variants.split(','):
-        run = run_args(d, variant, args.steps, args.latents)
+        run = run_args(d, variant, args.steps, args.latents, args.window_extra, args.lr)
         if not run:
           continue
-        name = f'd{d}_{variant.replace(" ", "_").replace("+", "and")}'
+        name = run_name(d, variant, args.window_extra, args.lr, args.latents)
+        workdir = os.path.join(args.out, name)
+        meta = dict(distance=d, window=window_of(d, args.window_extra), variant=variant)
+        meta.update(latents=args.latents, lr=args.lr, budget_minutes=args.budget_minutes)
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, 'run.json'), 'w') as f:
+          json.dump(meta, f)
         started = time.time()
-        train(os.path.join(args.out, name), run, args.budget_minutes * 60)
+        train(workdir, run, args.budget_minutes * 60)
         print(f'{name}: {time.time() - started:.0f} s', flush=True)
-  print(report(args.out, distances))
+  print(report(args.out))
 
 
 if __name__ == '__main__':

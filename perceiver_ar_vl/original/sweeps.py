@@ -9,45 +9,21 @@ import copy
 from typing import Any
 
 from perceiver_ar_vl import errors
+from perceiver_ar_vl.original.convert import ORIGINAL_DEFAULTS
 
-# experiment.get_config: the model kwargs every sweep starts from.
+# experiment.get_config: the model kwargs every sweep starts from (where they differ from the
+# constructor's defaults).
 _BASE = dict(
-  input_embed_dim=1024,
-  position_encoding='sinusoidal',
-  learnable_position_embeddings=False,
+  ORIGINAL_DEFAULTS,
   position_encoding_type='rotary',
   fraction_to_rotate=0.5,
-  fraction_heads_to_rotate=1.0,
   use_positions_from_data=True,
-  num_transformers_per_block=12,
-  num_z_channels=1024,
   num_cross_attend_heads=16,
-  cross_attention_head_group_size=0,
-  chunked_cross_attention=False,
-  chunked_cross_query_size=1024,
-  chunked_cross_key_size=4096,
   num_transformer_heads=16,
   cross_attend_widening_factor=4,
   transformer_widening_factor=4,
-  initial_query_offsetting=False,
-  initial_query_embed_style='none',
-  share_learned_initial_query=False,
-  initial_query_embed_activation_name='sq_relu',
-  initial_query_embed_num_layers=2,
-  include_initial_cross_attention=True,
   additional_cross_attend_after_layers=[],
   dropout_prob=0.1,
-  z_pos_enc_init_scale=0.02,
-  concat_pos=True,
-  cross_attention_shape_for_attn='kv',
-  encoder_use_query_residual=True,
-  mask_style='final_block',
-  latent_dropout_prob=0.0,
-  encoder_dropout_prob=0.0,
-  num_latents_per_position=1,
-  activation_name='sq_relu',
-  train_input_positions=0,
-  use_negative_rotary_positions=False,
 )
 
 

@@ -1,0 +1,114 @@
+"""Plots of what a copy-task model learned: bits by position in an example, before and after
+training, and where one latent's cross-attend looks.
+
+  python benchmarks/long_copy_plots.py --workdir=/tmp/long_copy_smoke --out=docs/long_copy
+
+Writes `bits_by_position.png` (bits per byte at each byte of one validation example, for the
+freshly initialised model and the trained checkpoint: the copies fall to 0 bits, the random
+first half stays at log2(vocab)) and `cross_attention.png` (the cross-attend's attention
+weights, per head, of the last latent of a window that ends in an example's copy half,
+against the distance back to each key; the copy's source distance is marked). Prints the
+figures' numbers as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+
+from perceiver_ar_vl import data, run_files, train_state
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def example_bits(model, variables, stream, start: int, length: int, n: int) -> np.ndarray:
+  """Bits of each byte of stream[start : start + length] (start >= window), predicted in
+  windows of the M bytes before it, N targets a window."""
+  m = model.max_context
+  forward = jax.jit(lambda tokens: model.forward(variables, tokens, n, n))
+  bits = []
+  for first in range(start, start + length, n):
+    tokens = stream[first + n - 1 - m : first + n - 1][None].astype(np.int32)
+    logits = np.asarray(forward(tokens))[0]  # [N, V]: slot i predicts byte first + i
+    targets = stream[first : first + n]
+    logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    bits.append(-logp[np.arange(len(targets)), targets] / np.log(2))
+  return np.concatenate(bits)[:length]
+
+
+def last_latent_attention(model, variables, tokens_1xM) -> np.ndarray:
+  """[heads, M]: the cross-attend's softmax weights of the window's last latent."""
+
+  def weights(module, tokens):
+    positions = jnp.arange(tokens.shape[1])[None]
+    x = module.embed_tokens(tokens, positions)
+    q = module.cross_attend.queries(module.latent_queries(x[:, -1:]), positions[:, -1:])
+    k, _ = module.cross_attend.keys_values(x, positions)
+    scores = jnp.einsum('bshk,bthk->bhst', q, k) / np.sqrt(q.shape[-1])
+    return jax.nn.softmax(scores, axis=-1)[0, :, 0]
+
+  return np.asarray(model.apply(variables, jnp.asarray(tokens_1xM), method=weights))
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True, help='a trained copy-task run')
+  parser.add_argument('--out', required=True, help='folder for the PNG files')
+  args = parser.parse_args()
+  config = run_files.read_config(args.workdir)
+  model, trained, step = train_state.restore_params(config, args.workdir)
+  fresh = model.init_variables(jax.random.PRNGKey(config.seed))
+  m, n = config.model.max_context, config.latents.max
+  dataset = data.make_dataset(config.data, m + 1, config.seed)
+  stream, length = dataset.split_bytes('validation'), dataset.length
+  if stream.ndim != 1:
+    raise SystemExit('error: plots cover the streamed copy task (data.copy_min_crop=0).')
+  start = -(-m // length) * length  # the first example with a full window before it
+  half = (length + 1) // 2
+  os.makedirs(args.out, exist_ok=True)
+
+  curves = {
+    'initialised': example_bits(model, fresh, stream, start, length, n),
+    f'trained (step {step})': example_bits(model, trained, stream, start, length, n),
+  }
+  plt.figure(figsize=(7, 3.5))
+  for label, bits in curves.items():
+    plt.plot(np.arange(length), bits, lw=0.8, label=label)
+  plt.axvline(half, color='gray', ls='--', lw=0.8)
+  plt.xlabel(f'byte of one example (copy of the first {half} starts at the dashed line)')
+  plt.ylabel('bits')
+  plt.legend()
+  plt.title(f'Bits by position, window {m}, copy distance {half}')
+  plt.tight_layout()
+  plt.savefig(os.path.join(args.out, 'bits_by_position.png'), dpi=120)
+  print('| model | first half (fresh) bits | second half (copies) bits |')
+  print('|---|---:|---:|')
+  for label, bits in curves.items():
+    print(f'| {label} | {bits[:half].mean():.3f} | {bits[half:].mean():.3f} |')
+
+  end = start + half + length // 4  # the window ends a quarter into the copy half
+  weights_HxM = last_latent_attention(model, trained, stream[end - m : end][None].astype(np.int32))
+  back = m - np.arange(m)  # key j holds the byte m - j before the one the latent predicts
+  plt.figure(figsize=(7, 3.5))
+  for h, w in enumerate(weights_HxM):
+    plt.plot(back, w, lw=0.8, label=f'head {h}')
+  plt.axvline(half, color='gray', ls='--', lw=0.8, label=f'source ({half} back)')
+  plt.xlabel('bytes back from the predicted byte')
+  plt.ylabel('attention weight')
+  plt.legend()
+  plt.title('Cross-attend weights of the last latent')
+  plt.tight_layout()
+  plt.savefig(os.path.join(args.out, 'cross_attention.png'), dpi=120)
+  for h, w in enumerate(weights_HxM):
+    top = back[np.argsort(w)[::-1][:3]]
+    print(f'head {h}: largest weight {w.max():.3f} at {top[0]} bytes back (next: {top[1:]})')
+
+
+if __name__ == '__main__':
+  main()
