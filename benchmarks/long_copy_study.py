@@ -57,10 +57,18 @@ def window_of(distance: int, extra: int) -> int:
 
 
 def run_args(
-  distance: int, variant: str, steps: int, latents: int, extra: int, lr: float, wavelength: float
+  distance: int,
+  variant: str,
+  steps: int,
+  latents: int,
+  extra: int,
+  lr: float,
+  wavelength: float,
+  seed: int = 0,
 ):
   window = window_of(distance, extra)
   args = [
+    f'--config.seed={seed}',
     f'--config.model.max_context={window}',
     f'--config.model.max_wavelength={wavelength or 2.0 * window}',
     f'--config.data.copy_length={2 * distance}',
@@ -125,11 +133,11 @@ def outcome(workdir: str) -> dict:
 
 
 def run_name(
-  distance: int, variant: str, extra: int, lr: float, latents: int, wavelength: float
+  distance: int, variant: str, extra: int, lr: float, latents: int, wavelength: float, seed: int
 ) -> str:
   name = f'd{distance}_{variant.replace(" ", "_").replace("+", "and")}'
   name += (f'_M{distance + extra}' if extra else '') + f'_lr{lr:g}_N{latents}'
-  return name + (f'_W{wavelength:g}' if wavelength else '')
+  return name + (f'_W{wavelength:g}' if wavelength else '') + (f'_seed{seed}' if seed else '')
 
 
 def copy_fresh(r: dict) -> str:
@@ -140,9 +148,10 @@ def copy_fresh(r: dict) -> str:
 
 def report(out: str) -> str:
   lines = [
-    '| copy distance | window M | variant | N | lr | max_wavelength | solved (copy_bits <= 0.1) '
-    'after | last training bits | validation copy_bits / fresh_bits | steps | minutes trained |',
-    '|---:|---:|---|---:|---:|---:|---|---:|---|---:|---:|',
+    '| copy distance | window M | variant | N | lr | max_wavelength | seed | solved (copy_bits '
+    '<= 0.1) after | last training bits | validation copy_bits / fresh_bits | steps | minutes '
+    'trained |',
+    '|---:|---:|---|---:|---:|---:|---:|---|---:|---|---:|---:|',
   ]
   names = [n for n in os.listdir(out) if os.path.exists(os.path.join(out, n, 'run.json'))]
   for name in sorted(names, key=lambda n: (int(n[1:].split('_')[0]), n)):
@@ -157,7 +166,8 @@ def report(out: str) -> str:
       )
       lines.append(
         f'| {meta["distance"]} | {meta["window"]} | {meta["variant"]} | {meta["latents"]} | '
-        f'{meta["lr"]:g} | {meta.get("max_wavelength", 2 * meta["window"]):g} | {solved} | '
+        f'{meta["lr"]:g} | {meta.get("max_wavelength", 2 * meta["window"]):g} | '
+        f'{meta.get("seed", 0)} | {solved} | '
         f'{r["last_bits"]:.2f} | {copy_fresh(r)} | {r["steps"]} | {r["minutes"]:.1f} |'
       )
   return '\n'.join(lines)
@@ -174,6 +184,7 @@ def main() -> None:
   parser.add_argument('--window_extra', type=int, default=0, help='M = distance + this (0: 2x)')
   parser.add_argument('--lr', type=float, default=3e-3)
   parser.add_argument('--max_wavelength', type=float, default=0.0, help='0 = 2 x the window')
+  parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--report', action='store_true', help='only print the table')
   args = parser.parse_args()
   distances = [int(d) for d in args.distances.split(',')]
@@ -181,14 +192,17 @@ def main() -> None:
     for d in distances:
       for variant in args.variants.split(','):
         wavelength = args.max_wavelength
-        run = run_args(d, variant, args.steps, args.latents, args.window_extra, args.lr, wavelength)
+        run = run_args(
+          d, variant, args.steps, args.latents, args.window_extra, args.lr, wavelength, args.seed
+        )
         if not run:
           continue
-        name = run_name(d, variant, args.window_extra, args.lr, args.latents, wavelength)
+        name = run_name(d, variant, args.window_extra, args.lr, args.latents, wavelength, args.seed)
         workdir = os.path.join(args.out, name)
         meta = dict(distance=d, window=window_of(d, args.window_extra), variant=variant)
         meta.update(latents=args.latents, lr=args.lr, budget_minutes=args.budget_minutes)
         meta['max_wavelength'] = wavelength or 2.0 * meta['window']
+        meta['seed'] = args.seed
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, 'run.json'), 'w') as f:
           json.dump(meta, f)

@@ -7,8 +7,9 @@ Presets (no preset: an error; these are CPU recipes):
           (1.0 minute of training); evaluated: copy_bits 0.019, fresh_bits 4.05 (floor 4);
           benchmarks/long_copy.py reproduces 1024 of 1024 sampled bytes.
   :cpu    window M = 131072, copy distance 65536 (L = 131072), N = 256, batch 8: the first
-          half trains on the last 65,792 bytes (distance + N) with max_wavelength 4 x the
-          window, the two settings that helped at distance 2048. Measured (2026-12-02, 2 CPU
+          half trains on the last 65,792 bytes (distance + N: at distance 2048 such a window
+          learned where twice the distance did not), max_wavelength 4 x the window. Measured
+          (2026-12-02, 2 CPU
           cores): 276 steps (all at the 65,792-byte window) in 15 minutes of training,
           training bits 4.00-4.01 at every log: not learned (the goal, copy_bits <= 0.1
           within 30 minutes, is not reached; docs/long_copy.md says what limits it).
@@ -23,7 +24,7 @@ Run, evaluate (copy_bits / fresh_bits in eval.json) and sample the copies back:
 What decides whether a distance is learned in a CPU budget (docs/long_copy.md): heads of 64
 channels with rotary on all of them (fine relative positions), a window not much longer than
 the distance (each latent's attention is spread over every key of the window until it finds
-its source) and a long max_wavelength. Distances of 2048 and more were not learned reliably
+its source). Distances of 2048 and more were not learned reliably
 within 600 steps; 65536 is out of reach on a CPU.
 """
 
@@ -72,8 +73,7 @@ def get_config(arg=None):
     c.window.update(schedule='stepwise', min=65536 + 256, buckets=(65536 + 256, window))
     c.window.warmup_fraction = 1.0
   c.model.max_context = window
-  # 2 x the window at :smoke; at distance 2048 a window of 2304 learned with 8192 (3.6x) and
-  # not with 4608 (2x) in 600 steps (docs/long_copy.md), so :cpu takes 4x.
+  # A long wavelength; at distance 2048, 2x and 3.6x the window did not differ over 2 seeds.
   c.model.max_wavelength = (2.0 if arg == 'smoke' else 4.0) * window
   c.data.copy_length = window  # distance window / 2
   c.eval.max_bytes = 2 * window  # two examples: the second has the first as its context
