@@ -159,8 +159,8 @@ def test_every_bucket_is_compiled_once_before_the_first_step(tmp_path, monkeypat
   seen = []  # (bucket, what the call returned, the trace counts at the call)
   real_call = host_loop.CompiledSteps.__call__
 
-  def recording_call(self, bucket):
-    fn = real_call(self, bucket)
+  def recording_call(self, bucket, window=0):
+    fn = real_call(self, bucket, window)
     seen.append((bucket, fn, dict(self.compiles)))
     return fn
 

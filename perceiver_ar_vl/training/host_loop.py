@@ -120,13 +120,12 @@ class CompiledSteps:
       t = self._config.train
       step = bucket_step(self._config, self._model, bucket, self._schedule, window)
 
+      shown = window or self._config.model.max_context  # 0: the whole row
+
       def counted(state, *args):
         self.compiles[bucket] = self.compiles.get(bucket, 0) + 1  # runs at trace time only
-        if window:
-          self.window_compiles[window] = self.window_compiles.get(window, 0) + 1
-        logging.info(
-          'Compiling train_step for bucket %d%s.', bucket, f' window {window}' if window else ''
-        )
+        self.window_compiles[shown] = self.window_compiles.get(shown, 0) + 1
+        logging.info('Compiling train_step for bucket %d, window %d.', bucket, shown)
         new_state, step_metrics = step(state, *args)
         # The new state is placed like the one that came in (by create_train_state or
         # restore): replicated, or with train.fsdp split over the data axis, where XLA
@@ -153,8 +152,7 @@ class CompiledSteps:
     for window in windows:
       for bucket in buckets:
         if (bucket, window) not in self._compiled:
-          fn = self(bucket, window) if window else self(bucket)
-          compiled = fn.lower(state, batch, n, base_rng).compile()
+          compiled = self(bucket, window).lower(state, batch, n, base_rng).compile()
           self._compiled[(bucket, window)] = compiled
 
 

@@ -206,13 +206,12 @@ def _train_steps(
   )
   last_saved = start_step
   with DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
-    curriculum = config.window.schedule != 'none'  # else the whole row (window 0)
-    ahead = windows.windows_ahead(config, start_step) if curriculum else [0]
+    ahead = windows.windows_ahead(config, start_step)  # [M] without a window curriculum
     steps.compile_ahead(latents.buckets_ahead(config, start_step), state, base_rng, ahead)
     for step in range(start_step, t.steps):
       n = latents.latent_count(config, step)
       bucket = latents.bucket_for(n, config.latents.buckets)
-      step_fn = steps(bucket, windows.window_at(config, step)) if curriculum else steps(bucket)
+      step_fn = steps(bucket, windows.window_at(config, step))
       state, device_metrics = step_fn(state, next(batches), latent_counts(n), base_rng)
       done = step + 1
       log.add(done, n, bucket, device_metrics)
