@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from perceiver_ar_vl import config_choices, errors
+from perceiver_ar_vl import config_choices, errors, latents
 from perceiver_ar_vl.data.base import VOCAB_SIZE, config_value
 
 
@@ -115,12 +115,18 @@ def scheduled_length(settings: CopySettings, step: int) -> int:
   if s.schedule == 'staircase':
     stair = min(s.stairs - 1, int(step // (s.total_steps / s.stairs)))
     return low + int(round(stair * (high - low) / (s.stairs - 1)))
-  ramp_steps = max(1, int(round(s.warmup_fraction * s.total_steps)))
-  progress = min(1.0, step / ramp_steps)
-  if s.schedule == 'linear':
-    return int(round(low + progress * (high - low)))
-  stages = [low, *(2**k for k in range(1, high.bit_length()) if low < 2**k < high), high]
-  return stages[min(len(stages) - 1, int(progress * len(stages)))]
+  # linear and stepwise are the latent curriculum's shapes; stepwise stages at powers of two.
+  return latents.num_latents_at(
+    step,
+    strategy='curriculum',
+    min_latents=low,
+    max_latents=high,
+    total_steps=s.total_steps,
+    seed=0,  # unused by a curriculum
+    buckets=tuple(2**k for k in range(1, high.bit_length())),
+    schedule=s.schedule,
+    warmup_fraction=s.warmup_fraction,
+  )
 
 
 def check_copy_config(config: Any) -> None:
