@@ -62,19 +62,19 @@ def get_config(arg=None):
   )
   c.eval.update(latents_sweep=(), splits=('validation',), batch_size=8)
   c.sample.update(temperature=0.0, prompt='abcdefgh', length=64)
-  if arg == 'smoke':
+  if arg == 'smoke':  # the plain model: it learns the one offset it is trained at
     window = 1024
     c.train.update(steps=600, checkpoint_every=200, eval_max_bytes=8_192)
-  else:
+    c.model.max_wavelength = 2.0 * window
+    c.data.copy_length = window  # distance window / 2
+    c.eval.max_bytes = 2 * window  # two examples: the second has the first as its context
+  else:  # content lookup: an 8-gram match head, trained at 1024 bytes, evaluated at 131072
     window = 131072
-    c.train.update(steps=600, batch_size=8, checkpoint_every=25, eval_max_bytes=1024)
-    # Train on the last distance + N bytes (every latent still sees its copy's source, and
-    # each spreads its attention over half as many keys), the full window for the second half.
-    c.window.update(schedule='stepwise', min=65536 + 256, buckets=(65536 + 256, window))
-    c.window.warmup_fraction = 1.0
+    c.model.update(match_ngrams=(8,), cross_attend_rotary_fraction=0.0)
+    c.window.update(schedule='fixed', min=1024)
+    c.data.update(copy_length=window, copy_train_lengths=(64, 1024))
+    c.latents.buckets = (256, 1024)
+    c.train.update(steps=600, checkpoint_every=200, eval_max_bytes=2_048)
+    c.eval.update(windows=tuple(2**k for k in range(10, 18)), num_latents=1024, batch_size=2)
   c.model.max_context = window
-  # A long wavelength; at distance 2048, 2x and 3.6x the window did not differ over 2 seeds.
-  c.model.max_wavelength = (2.0 if arg == 'smoke' else 4.0) * window
-  c.data.copy_length = window  # distance window / 2
-  c.eval.max_bytes = 2 * window  # two examples: the second has the first as its context
   return c

@@ -56,10 +56,10 @@ STRATEGIES = ('fixed', 'uniform', 'curriculum')  # latents.num_latents_at
 SCHEDULES = ('linear', 'stepwise', 'staircase')  # curriculum shapes
 
 # window.*
-WINDOW_SCHEDULES = ('none', 'linear', 'stepwise')  # windows.window_at
+WINDOW_SCHEDULES = ('none', 'linear', 'stepwise', 'fixed')  # windows.window_at
 
 # data.*
-DATA_NAMES = ('enwik8', 'text_file', 'copy')
+DATA_NAMES = ('enwik8', 'text_file', 'copy', 'recall')
 SPLITS = ('train', 'validation', 'test')
 COPY_MODES = ('copy', 'mirror')
 COPY_LENGTH_SCHEDULES = ('none', 'linear', 'stepwise', 'staircase')  # data.copy_settings

@@ -47,6 +47,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.latent_query_projection = False
   c.model.num_cross_attend_heads = 0
   c.model.cross_attend_mlp_dim = 0
+  # Long context by content (docs/match_heads.md; off = the original's model):
+  # match_ngrams: one n-gram match head per length k in the cross-attend (layers/match.py):
+  #   a latent finds the earlier positions that followed its last k bytes and reads them;
+  # match_strength_init: each head's initial log-weight of one match against none;
+  # cross_attend_rotary_fraction: the cross-attend's rotary share (-1 = rotary_fraction; 0 =
+  #   none: no fixed-offset shortcut, what lets a copy learned at one distance work at all);
+  # cross_attend_log_scale: Scalable-Softmax on the cross-attend's heads (logits scaled by a
+  #   learned s * ln(positions seen)), so their attention stays peaked as the window grows.
+  c.model.match_ngrams = ()
+  c.model.match_strength_init = 2.0
+  c.model.cross_attend_rotary_fraction = -1.0
+  c.model.cross_attend_log_scale = False
   c.model.attention_impl = 'auto'  # auto | einsum | xla | cudnn | chunked
   c.model.dtype = 'float32'  # compute dtype; parameters stay float32
   c.model.remat = 'none'  # none | block | dots: recompute activations in the backward pass
@@ -72,7 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
   # A curriculum over the window (windows.py): steps see the last W <= M bytes, W growing
   # from window.min to model.max_context through window.buckets (one compile each).
   c.window = ml_collections.ConfigDict()
-  c.window.schedule = 'none'  # none (W = M) | linear | stepwise
+  c.window.schedule = 'none'  # none (W = M) | linear | stepwise | fixed (W = window.min)
   c.window.min = 0  # the first window; >= latents.max (unused with schedule 'none')
   c.window.buckets = ()  # window sizes, ending at max_context; () = powers of two from min
   c.window.warmup_fraction = 0.5  # fraction of training over which W grows to M
@@ -118,6 +130,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64  # windows per evaluation step
   c.eval.mode = 'blocks'  # blocks (every target once) | stride1 (exact, slow)
   c.eval.checkpoint_step = -1  # -1 = the latest checkpoint
+  # Windows to evaluate at (model.max_context each; the parameters do not depend on it), e.g.
+  # (1024, 8192, 131072): train short, evaluate long. () = model.max_context only. On the copy
+  # task each window's examples are that long (copy distance window / 2), two of them scored.
+  c.eval.windows = ()
 
   c.sample = ml_collections.ConfigDict()
   c.sample.prompt = 'The '  # UTF-8; cropped to the last window bytes

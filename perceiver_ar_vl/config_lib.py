@@ -125,6 +125,26 @@ def strategy_config(name: str, arg: str | None = None) -> ml_collections.ConfigD
   return module.get_config(arg)
 
 
+def _validate_long_context(m: ml_collections.ConfigDict) -> None:
+  """The cross-attend's long-context options (models.perceiver_ar, layers.match)."""
+  ngrams = tuple(m.match_ngrams)
+  if any(not isinstance(k, int) or not 1 <= k < m.max_context for k in ngrams):
+    raise errors.UserError(
+      f'model.match_ngrams={ngrams} must hold n-gram lengths in [1, model.max_context - 1], '
+      'e.g. --config.model.match_ngrams=8 or "(8, 3)".'
+    )
+  if ngrams and m.type != 'perceiver_ar':
+    raise errors.UserError(
+      f"model.match_ngrams is a Perceiver AR cross-attend option; model.type='{m.type}' has "
+      'none: set --config.model.match_ngrams="()".'
+    )
+  if not (m.cross_attend_rotary_fraction == -1 or 0 <= m.cross_attend_rotary_fraction <= 1):
+    raise errors.UserError(
+      f'model.cross_attend_rotary_fraction={m.cross_attend_rotary_fraction} must be in '
+      '[0, 1], or -1 for model.rotary_fraction.'
+    )
+
+
 def create_model(config: ml_collections.ConfigDict) -> LanguageModel:
   """The model that `config.model` describes (its class from the `models.MODELS` registry)."""
   import jax.numpy as jnp
@@ -210,7 +230,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise errors.UserError(f'eval.splits holds {split!r}; choose from {config_choices.SPLITS}.')
   _at_least(m, 'model', ('num_layers', 'num_heads', 'd_model', 'mlp_dim'), 1)
   _at_least(m, 'model', ('max_context',), 2)
-  if m.position_encoding == 'rotary' and m.max_wavelength < m.max_context:
+  # Rotary spans the window where the cross-attend rotates, else only the latent layers' slots.
+  rotary_span = m.max_context
+  if m.type == 'perceiver_ar' and m.cross_attend_rotary_fraction == 0:
+    rotary_span = max(*lat.buckets, e.num_latents, *e.latents_sweep)
+  if m.position_encoding == 'rotary' and m.max_wavelength < rotary_span:
     raise errors.UserError(
       f'model.max_wavelength={m.max_wavelength:g} is shorter than the window '
       f'model.max_context={m.max_context}: rotary positions further apart than a wavelength '
@@ -229,6 +253,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       f'divide model.d_model={m.d_model}.'
     )
   _at_least(m, 'model', ('cross_attend_mlp_dim',), 0)
+  _validate_long_context(m)
   if m.vocab_size < data.VOCAB_SIZE:
     raise errors.UserError(
       f'model.vocab_size={m.vocab_size} cannot hold byte tokens; use >= {data.VOCAB_SIZE}.'
@@ -258,6 +283,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _at_least(config.data, 'data', ('record_bytes',), 1)
   _at_least(lat, 'latents', ('stair_size', 'stairs'), 1)
   _at_least(config.data, 'data', ('in_memory_bytes', 'copy_length'), 0)
+  if any(not isinstance(w, int) or w < 2 for w in e.windows):
+    raise errors.UserError(
+      f'eval.windows={tuple(e.windows)} must hold window sizes >= 2, e.g. '
+      '--config.eval.windows="(1024,8192,131072)", or () for model.max_context.'
+    )
   data.check_copy_config(config)
   if not isinstance(t.fsdp, bool):
     raise errors.UserError(

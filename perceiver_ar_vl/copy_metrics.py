@@ -4,6 +4,8 @@ copy. Each target byte falls in a bin by its distance back to its copy source in
 bin k >= 1 the copies whose source lies [2^(k-1), 2^k) bytes back.
 
   copy_bits         mean bits per byte over the copies (a perfect model: 0);
+  copy_accuracy     the share of copies whose greedy (argmax) prediction is right (the
+                    recall task reports it as recall_accuracy);
   fresh_bits        mean over the random bytes (a perfect model: log2(data.copy_vocab));
   bits_by_distance  [{'distance': '[a,b)', 'bits', 'count'}] per non-empty copy bin: how far
                     back the model still reads.
@@ -33,9 +35,12 @@ def distance_range(bin_index: int) -> tuple[int, int]:
   return 2 ** (bin_index - 1), 2**bin_index
 
 
-def copy_summary(nats_K: np.ndarray, count_K: np.ndarray) -> dict:
+def copy_summary(
+  nats_K: np.ndarray, count_K: np.ndarray, right_K: np.ndarray | None = None
+) -> dict:
   """copy_bits, fresh_bits (None when a kind has no target), their target counts and
-  bits_by_distance from summed nats and target counts per bin [K] (bin 0 = fresh)."""
+  bits_by_distance from summed nats and target counts per bin [K] (bin 0 = fresh), and with
+  `right_K` (greedy predictions that are right per bin) copy_accuracy."""
   nats_K, count_K = np.asarray(nats_K, np.float64), np.asarray(count_K, np.float64)
   bits = lambda nats, count: float(nats / count / math.log(2)) if count else None
   by_distance = []
@@ -49,8 +54,13 @@ def copy_summary(nats_K: np.ndarray, count_K: np.ndarray) -> dict:
           'count': int(round(count_K[k])),
         }
       )
+  copies = count_K[1:].sum()
+  accuracy = None
+  if right_K is not None and copies:
+    accuracy = float(np.asarray(right_K, np.float64)[1:].sum() / copies)
   return {
     'copy_bits': bits(nats_K[1:].sum(), count_K[1:].sum()),
+    'copy_accuracy': accuracy,
     'fresh_bits': bits(nats_K[0], count_K[0]),
     'copy_targets': int(round(count_K[1:].sum())),
     'fresh_targets': int(round(count_K[0])),

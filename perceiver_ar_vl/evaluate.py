@@ -13,6 +13,7 @@ the distance back to the copy's source (`copy_metrics`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -23,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from perceiver_ar_vl import (
   config_choices,
@@ -44,7 +46,8 @@ from perceiver_ar_vl.models.base import LanguageModel
 @functools.lru_cache(maxsize=32)
 def _score_fn(model: LanguageModel, num_latents: int, num_bins: int = 0):
   """Jitted per-slot (summed nats [N], target count [N]) of one batch of windows, and with
-  `num_bins` > 0 also per target bin (summed nats [K], count [K]); cached per (model, N, K)."""
+  `num_bins` > 0 also per target bin (summed nats [K], count [K], greedy predictions that are
+  right [K]); cached per (model, N, K)."""
 
   @jax.jit
   def score(variables, window_BxW, mask_BxM, weights_BxN, bins_BxN=None):
@@ -57,7 +60,9 @@ def _score_fn(model: LanguageModel, num_latents: int, num_bins: int = 0):
       return sums
     onehot_BxNxK = jax.nn.one_hot(bins_BxN, num_bins, dtype=jnp.float32)
     per_bin = lambda w_BxN: jnp.einsum('bn,bnk->k', w_BxN, onehot_BxNxK)
-    return (*sums, per_bin(nll_BxN * weights_BxN), per_bin(weights_BxN))
+    targets_BxN = losses.next_token_targets(window_BxW, num_latents)
+    right_BxN = (jnp.argmax(logits, axis=-1) == targets_BxN) * weights_BxN
+    return (*sums, per_bin(nll_BxN * weights_BxN), per_bin(weights_BxN), per_bin(right_BxN))
 
   return score
 
@@ -116,7 +121,7 @@ def bits_per_byte(
   # Windows are built one batch at a time (a stride-1 pass over a long split would not fit in
   # host memory at once); sums stay on the device and reach the host every FLUSH_EVERY batches
   # (float64 there), so the host never waits for the device batch by batch.
-  totals = [np.zeros(num_latents), np.zeros(num_latents), np.zeros(num_bins), np.zeros(num_bins)]
+  totals = [np.zeros(num_latents), np.zeros(num_latents)] + [np.zeros(num_bins)] * 3
   pending = []
   windows = len(plan.ends)
   for start in range(0, windows, batch):
@@ -129,7 +134,7 @@ def bits_per_byte(
       for total, part in zip(totals, sums, strict=False):
         total += np.asarray(part, np.float64)
       pending = []
-  nats_N, count_N, nats_K, count_K = totals
+  nats_N, count_N, nats_K, count_K, right_K = totals
   total_count = count_N.sum()
   if int(round(total_count)) != plan.num_targets:
     raise AssertionError(f'Scored {total_count} targets, expected {plan.num_targets}.')
@@ -148,7 +153,7 @@ def bits_per_byte(
     'bits_by_position': by_position,
   }
   if bins is not None:
-    result.update(copy_metrics.copy_summary(nats_K, count_K))
+    result.update(copy_metrics.copy_summary(nats_K, count_K, right_K))
   return result
 
 
@@ -169,32 +174,68 @@ def format_table(rows: list[dict]) -> str:
   )
   extra = ' copy bits | fresh bits |' if copy else ''
   lines = [
-    f'| split | latents | bits/byte |{extra} targets | seconds (incl. compile) |',
-    '|---|---:|---:|' + ('---:|---:|' if copy else '') + '---:|---:|',
+    f'| split | window | latents | bits/byte |{extra} targets | seconds (incl. compile) |',
+    '|---|---:|---:|---:|' + ('---:|---:|' if copy else '') + '---:|---:|',
   ]
   for r in rows:
     kinds = f' {r["copy_bits"]:.4f} | {r["fresh_bits"]:.4f} |' if copy else ''
     lines.append(
-      f'| {r["split"]} | {r["num_latents"]} | {r["bits"]:.4f} |{kinds} '
+      f'| {r["split"]} | {r.get("window", "")} | {r["num_latents"]} | {r["bits"]:.4f} |{kinds} '
       f'{r["num_targets"]} | {r["seconds"]:.1f} |'
     )
   return '\n'.join(lines)
 
 
+def at_window(config: Any, window: int) -> Any:
+  """`config` evaluated at window `window` (model.max_context; the parameters do not depend
+  on it). On the copy task the examples become `window` bytes long (copy distance about
+  window / 2) and two are scored (eval.max_bytes = 2 * window): the second has the whole
+  first as context."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.model.max_context = int(window)
+    if config.data.name == 'copy':
+      config.data.copy_length = int(window)
+      config.eval.max_bytes = 2 * int(window)
+  return config
+
+
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
-  """Restores `workdir`'s checkpoint and scores each eval split at each latent count.
+  """Restores `workdir`'s checkpoint and scores each eval split at each latent count, at
+  each window of `eval.windows` (`at_window`; () = model.max_context only).
 
   Prints a table and writes `eval.json` in the workdir: {'checkpoint_step', 'mode',
-  'max_bytes', 'results': [{'split', 'num_latents', 'bits', 'nats', 'num_targets',
+  'max_bytes', 'results': [{'split', 'window', 'num_latents', 'bits', 'nats', 'num_targets',
   'bits_by_position', 'seconds'}]}, where 'bits_by_position' maps ranges '[a,b)' of the
   target's window position (quarters of the window) to bits per byte. On the copy task each
   result also holds 'copy_bits', 'fresh_bits', 'copy_targets', 'fresh_targets' and
-  'bits_by_distance' (`copy_metrics`). Returns the same dict.
+  'bits_by_distance' (`copy_metrics`); on the recall task also 'recall_accuracy'. Returns the
+  same dict.
   """
   config_lib.validate(config)
   e = config.eval
   train_state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
-  dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
+  windows = [int(w) for w in e.windows] or [int(config.model.max_context)]
+  configs = [at_window(config, w) if e.windows else config for w in windows]
+  for windowed in configs:
+    config_lib.validate(windowed)
+  rows, step = [], None
+  for windowed in configs:
+    rows_at, step = _evaluate_at(windowed, workdir)
+    rows += rows_at
+  report = {'checkpoint_step': step, 'mode': e.mode, 'max_bytes': int(e.max_bytes), 'results': rows}
+  if jax.process_index() == 0:
+    print(f'Checkpoint step {step}, {e.mode} evaluation:\n{format_table(rows)}')
+    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+def _evaluate_at(config: Any, workdir: str) -> tuple[list[dict], int]:
+  """The result rows of every split and latent count at `config`'s window, and the step."""
+  e = config.eval
+  window = int(config.model.max_context)
+  dataset = data.make_dataset(config.data, window=window + 1, seed=config.seed)
   model, variables, step = train_state.restore_params(config, workdir, e.checkpoint_step)
   mesh = parallel.make_mesh()
   rows = []
@@ -213,12 +254,11 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
         mesh=mesh,
         source_distances=dataset.source_distances(split),
       )
+      seconds = time.perf_counter() - start
+      if config.data.name == 'recall':  # its "copies" are the queries' values
+        result['recall_accuracy'] = result.get('copy_accuracy')
       rows.append(
-        {'split': split, 'num_latents': n, **result, 'seconds': time.perf_counter() - start}
+        {'split': split, 'window': window, 'num_latents': n, **result, 'seconds': seconds}
       )
-  report = {'checkpoint_step': step, 'mode': e.mode, 'max_bytes': int(e.max_bytes), 'results': rows}
-  if jax.process_index() == 0:
-    print(f'Checkpoint step {step}, {e.mode} evaluation:\n{format_table(rows)}')
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
-      json.dump(report, f, indent=2)
-  return report
+      logging.info('window %d, %s, %d latents: %.4f bits/byte', window, split, n, result['bits'])
+  return rows, step

@@ -9,7 +9,9 @@ of a few static window buckets, so a run compiles once per (latent bucket, windo
   * window.schedule 'none': W = M every step (the default);
   * 'linear': W grows from window.min to M over window.warmup_fraction of training, rounded up
     to the next window bucket;
-  * 'stepwise': equal time on each window bucket from window.min up to M.
+  * 'stepwise': equal time on each window bucket from window.min up to M;
+  * 'fixed': W = window.min every step: train short, evaluate and sample at the full M (what
+    a model whose cross-attend finds the prefix by content, `layers.match`, can do).
 
 window.buckets lists the window sizes (empty = powers of two from window.min, then M). Each
 window holds the latents: window.min >= latents.max. Rotary positions count from the window's
@@ -29,6 +31,8 @@ def window_buckets(config: Any) -> tuple[int, ...]:
   w, full = config.window, int(config.model.max_context)
   if w.schedule == 'none':
     return (full,)
+  if w.schedule == 'fixed':
+    return (int(w.min),)
   if w.buckets:
     return tuple(int(b) for b in w.buckets)
   sizes, size = [], int(w.min)
@@ -48,6 +52,8 @@ def validate(config: Any) -> None:
       f'window.min={w.min} must hold the latents and fit the window: latents.max='
       f'{config.latents.max} <= window.min <= model.max_context={full}; set --config.window.min.'
     )
+  if w.schedule == 'fixed':
+    return
   buckets = window_buckets(config)
   if list(buckets) != sorted(set(buckets)) or buckets[0] > w.min or buckets[-1] != full:
     raise errors.UserError(
@@ -65,7 +71,7 @@ def window_at(config: Any, step: int) -> int:
   """W, the window (in bytes of input) that training step `step` sees."""
   w = config.window
   buckets = window_buckets(config)
-  if w.schedule == 'none':
+  if w.schedule in ('none', 'fixed'):
     return buckets[-1]
   size = latents.num_latents_at(
     step,
@@ -81,9 +87,15 @@ def window_at(config: Any, step: int) -> int:
   return latents.bucket_for(size, buckets)
 
 
+def row_length(config: Any) -> int:
+  """Bytes in each training row: the largest training window + 1 (its targets). M + 1 unless
+  the window is 'fixed' below M, whose rows then hold only what the steps read."""
+  return max(window_buckets(config)) + 1
+
+
 def windows_ahead(config: Any, start_step: int) -> list[int]:
   """The windows steps [start_step, train.steps) use, sorted (a schedule only grows)."""
-  if config.window.schedule == 'none':
-    return [int(config.model.max_context)]
+  if config.window.schedule in ('none', 'fixed'):
+    return list(window_buckets(config))
   first = window_at(config, start_step)
   return [b for b in window_buckets(config) if b >= first]

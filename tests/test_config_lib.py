@@ -270,14 +270,17 @@ def _check_schedule(name):
 
 
 def _check_window_schedule(name):
-  """Every window schedule keeps W in [window.min, M]; the curricula grow it to M."""
+  """Every window schedule keeps W in [window.min, M]; the curricula grow it to M, 'fixed'
+  stays at window.min."""
   config = tiny_config('fixed', steps=20)
   config.latents.update(min=8, max=8, buckets=(8,))
   config.window.update(schedule=name, min=8)
   config_lib.validate(config)
   sizes = [windows.window_at(config, step) for step in range(20)]
-  assert sizes == sorted(sizes) and set(sizes) <= {8, 16, 32} and sizes[-1] == 32
+  assert sizes == sorted(sizes) and set(sizes) <= {8, 16, 32}
+  assert sizes[-1] == (8 if name == 'fixed' else 32)
   assert (sizes[0] == 32) == (name == 'none')
+  assert windows.windows_ahead(config, 0) == sorted(set(sizes))
 
 
 def _check_data_name(name, tmp_path):

@@ -26,6 +26,14 @@ DEFAULTS = {
   'copy_length_warmup_fraction': 0.5,  # linear / stepwise: fraction of training growing L
   'copy_length_stairs': 4,  # staircase: equal stages of the whole run, min to copy_length
   'copy_length_total_steps': 0,  # the run's train.steps (config_defaults links the two)
+  # (a, b): each streamed training example's length drawn per example, log-uniformly in
+  # [a, b], so copies come at many distances (no fixed offset solves it); () = copy_length.
+  # Evaluation keeps copy_length: train on short copies, evaluate long ones.
+  'copy_train_lengths': (),
+  # The recall task (MQAR, recall_task.py): pairs per example, symbols per alphabet, key length.
+  'recall_pairs': 32,
+  'recall_vocab': 16,
+  'recall_key_bytes': 2,
   'in_memory_bytes': 1 << 30,  # 1 GiB: enwik8's 90 MB train split is held in memory
   'record_bytes': 64 * 1024,  # bytes per prepared array_record record
 }

@@ -28,7 +28,8 @@ class CopySettings:
   """The copy task of one config: mode ('copy' | 'mirror'), vocab (symbols), length (L, the
   example length at the end of any curriculum: what evaluation uses), min_crop (0 = streamed
   rows; > 0 = one example per row, cropped to c ~ U[min_crop, L] bytes), and the curriculum
-  (schedule, length_min, warmup_fraction, stairs, total_steps = the run's train.steps)."""
+  (schedule, length_min, warmup_fraction, stairs, total_steps = the run's train.steps);
+  train_lengths: () or (a, b), streamed training examples of lengths drawn in [a, b]."""
 
   mode: str = 'copy'
   vocab: int = 16
@@ -39,6 +40,7 @@ class CopySettings:
   warmup_fraction: float = 0.5
   stairs: int = 4
   total_steps: int = 0
+  train_lengths: tuple[int, ...] = ()
 
 
 def _integer(data_config: Any, key: str, low: int, meaning: str = '') -> int:
@@ -78,7 +80,22 @@ def copy_settings(data_config: Any, window: int) -> CopySettings:
   if message:
     raise errors.UserError(message)
   length_min = _integer(data_config, 'copy_length_min', 0, ' (0 = no curriculum)')
-  settings = CopySettings(mode, int(vocab), length, min_crop, schedule, length_min)
+  train_lengths = tuple(config_value(data_config, 'copy_train_lengths'))
+  if train_lengths and (
+    len(train_lengths) != 2
+    or not all(isinstance(x, int | np.integer) for x in train_lengths)
+    or not 2 <= train_lengths[0] <= train_lengths[1]
+    or min_crop
+    or schedule != 'none'
+  ):
+    raise errors.UserError(
+      f'data.copy_train_lengths={train_lengths} must be () or (a, b) with 2 <= a <= b, on the '
+      "streamed task without a length curriculum (copy_min_crop=0, copy_length_schedule='none')"
+      ', e.g. --config.data.copy_train_lengths="(64,1024)".'
+    )
+  settings = CopySettings(
+    mode, int(vocab), length, min_crop, schedule, length_min, train_lengths=train_lengths
+  )
   if schedule == 'none':
     if length_min:
       raise errors.UserError(
@@ -134,9 +151,15 @@ def check_copy_config(config: Any) -> None:
   curriculum's link to train.steps, and no copy-only key set for another dataset."""
   d = config.data
   if d.name != 'copy':
-    if d.copy_min_crop or d.copy_length_min or d.copy_length_schedule != 'none':
+    if (
+      d.copy_min_crop
+      or d.copy_length_min
+      or d.copy_length_schedule != 'none'
+      or tuple(d.copy_train_lengths)
+    ):
       raise errors.UserError(
-        'data.copy_min_crop, copy_length_min and copy_length_schedule only apply to '
+        'data.copy_min_crop, copy_length_min, copy_length_schedule and copy_train_lengths '
+        'only apply to '
         f"data.name='copy', not {d.name!r}; leave them at 0 / 'none'."
       )
     return

@@ -84,11 +84,34 @@ class CopyDataset(ByteDataset):
       index_RxW = np.arange(self.window)[None, :] - (self.window - crops_B[sl, None])
       taken_RxW = np.take_along_axis(examples_BxL[sl], np.maximum(index_RxW, 0), axis=1)
       return np.where(index_RxW >= 0, taken_RxW.astype(np.int32), PAD)
+    if self.settings.train_lengths:
+      return np.stack([self._mixed_row(rng) for _ in range(batch_size)])[sl]
     # Each global row: a phase in [0, L), then enough fresh examples to cover phase + W bytes.
     per_row = -(-(length - 1 + self.window) // length)  # examples per row
     phases_B = rng.integers(0, length, size=batch_size)
     stream_BxS = self._examples(rng, batch_size * per_row, length).reshape(batch_size, -1)
     return np.take_along_axis(stream_BxS[sl], phases_B[sl, None] + np.arange(self.window), axis=1)
+
+  def _mixed_row(self, rng: np.random.Generator) -> np.ndarray:
+    """One streamed training row of examples whose lengths are drawn log-uniformly in
+    `train_lengths` (int32 [W]), starting at a random phase of its first example."""
+    low, high = self.settings.train_lengths
+    count = -(-(2 * self.window + high) // low)  # more than enough examples
+    lengths_E = np.exp(rng.uniform(np.log(low), np.log(high + 1), count)).astype(np.int64)
+    lengths_E = np.clip(lengths_E, low, high)
+    starts_E = np.cumsum(lengths_E) - lengths_E
+    halves_E = (lengths_E + 1) // 2
+    example_S = np.repeat(np.arange(count), lengths_E)  # each stream byte's example
+    offset_S = np.arange(len(example_S)) - starts_E[example_S]
+    half_S = halves_E[example_S]
+    if self.mode == 'copy':
+      source_S = np.where(offset_S < half_S, offset_S, offset_S - half_S)
+    else:
+      source_S = np.where(offset_S < half_S, offset_S, 2 * half_S - 1 - offset_S)
+    fresh_S = self.symbols[rng.integers(0, len(self.symbols), len(example_S))]
+    stream_S = fresh_S[starts_E[example_S] + source_S]
+    phase = rng.integers(0, lengths_E[0])
+    return stream_S[phase : phase + self.window].astype(np.int32)
 
   def split_bytes(self, split: str) -> np.ndarray:
     self._check_split(split)

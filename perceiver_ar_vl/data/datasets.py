@@ -2,7 +2,7 @@
 `make_dataset`, which validates the config and builds one.
 
 `config.data` keys (defaults in `base.DEFAULTS`):
-  name          'enwik8' | 'text_file' | 'copy'.
+  name          'enwik8' | 'text_file' | 'copy' | 'recall'.
   path          enwik8: local `enwik8` or `enwik8.zip`; '' downloads it (SHA-1 checked).
                 text_file: a local file, or several separated by commas (concatenated in order).
   heldout_path  text_file only: if set, all of `path` trains and this file's first half is
@@ -20,6 +20,12 @@
                 copy task: a curriculum growing L from copy_length_min to copy_length
                 ('none' = off; linear | stepwise | staircase, as latents.schedule;
                 copy_settings.py); copy_length_total_steps is train.steps (linked).
+  copy_train_lengths  copy task: () or (a, b): streamed training examples of lengths drawn
+                log-uniformly in [a, b] per example (copies at many distances); evaluation
+                keeps copy_length.
+  recall_pairs, recall_vocab, recall_key_bytes
+                the recall task (MQAR, recall_task.py): key-value pairs per example, symbols
+                per alphabet, symbols per key.
   in_memory_bytes  enwik8 / text_file: a train split of at most this many bytes is held in
                 memory as one array (batches are one gather); a larger one is read per row
                 from its array_record records. 0 always reads records.
@@ -56,6 +62,7 @@ from perceiver_ar_vl.data import sources
 from perceiver_ar_vl.data.base import DEFAULTS, ByteDataset, config_value
 from perceiver_ar_vl.data.copy_settings import copy_settings
 from perceiver_ar_vl.data.copy_task import CopyDataset
+from perceiver_ar_vl.data.recall_task import RecallDataset, recall_settings
 
 # grain and tensorflow_datasets (builders imports it) are imported where they are used: they
 # take ~0.5 s to import, which config_lib (and so every command-line error about a config
@@ -184,6 +191,8 @@ def make_dataset(
 
   if name == 'copy':
     return CopyDataset(copy_settings(data_config, window), window, seed)
+  if name == 'recall':
+    return RecallDataset(recall_settings(data_config, window), window, seed)
 
   in_memory_bytes = config_value(data_config, 'in_memory_bytes')
   if not isinstance(in_memory_bytes, int | np.integer) or in_memory_bytes < 0:

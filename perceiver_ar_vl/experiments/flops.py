@@ -5,6 +5,9 @@ Counted: every matrix multiply of the forward pass at 2 FLOPs per multiply-add â
       projections   2*S*d*d (q) + 4*T*d*d (k, v) + 2*S*d*d (out)
       attention     2*S*T*d (scores q k^T) + 2*S*T*d (weighted sum of v)
       MLP           4*S*d*f
+      match heads   with c value channels (Perceiver AR's n-gram match heads):
+                    2*T*d*c (values) + 2*S*c*d (output) + 2*S*T*c (the match sums, dense
+                    as attention is; their code comparisons are integer work, not counted)
   * the output head 2*S*d*V over the positions that get logits.
 Each model gives the shape of each of its attention layers (`LanguageModel.attention_shapes`:
 queries S, projected keys T, keys per query), and the head runs on its last layer's queries:
@@ -28,16 +31,24 @@ from perceiver_ar_vl.models.base import LanguageModel
 
 
 def attention_layer_flops(
-  queries: int, keys: int, d_model: int, mlp_dim: int, keys_per_query: int | None = None
+  queries: int,
+  keys: int,
+  d_model: int,
+  mlp_dim: int,
+  keys_per_query: int | None = None,
+  match_channels: int = 0,
 ) -> int:
-  """Forward FLOPs of one pre-LN attention block (projections, attention, MLP), one example:
-  `queries` positions with a query and an MLP, `keys` positions whose keys/values are
-  projected, `keys_per_query` keys scored by each query (default: all `keys`)."""
+  """Forward FLOPs of one pre-LN attention block (projections, attention, MLP, match heads),
+  one example: `queries` positions with a query and an MLP, `keys` positions whose
+  keys/values are projected, `keys_per_query` keys scored by each query (default: all
+  `keys`), `match_channels` value channels of n-gram match heads."""
   keys_per_query = keys if keys_per_query is None else keys_per_query
   projections = 2 * queries * d_model * d_model * 2 + 4 * keys * d_model * d_model
   attention = 4 * queries * keys_per_query * d_model
   mlp = 4 * queries * d_model * mlp_dim
-  return projections + attention + mlp
+  c = match_channels
+  match = 2 * keys * d_model * c + 2 * queries * c * d_model + 2 * queries * keys_per_query * c
+  return projections + attention + mlp + match
 
 
 def forward_flops(model: LanguageModel, bucket: int, batch: int = 1) -> int:
@@ -46,7 +57,12 @@ def forward_flops(model: LanguageModel, bucket: int, batch: int = 1) -> int:
   shapes = model.attention_shapes(bucket)
   layers = sum(
     attention_layer_flops(
-      s.queries, s.keys, model.d_model, s.mlp_dim or model.mlp_dim, s.keys_per_query
+      s.queries,
+      s.keys,
+      model.d_model,
+      s.mlp_dim or model.mlp_dim,
+      s.keys_per_query,
+      s.match_channels,
     )
     for s in shapes
   )

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, parallel, train_state
+from perceiver_ar_vl import config_lib, parallel, train_state, windows
 from perceiver_ar_vl.training.step import bucket_step
 
 
@@ -25,7 +25,7 @@ def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
   mesh = parallel.make_mesh()
   abstract_state = train_state.abstract_train_state(config, model, mesh)
   _, schedule = train_state.make_optimizer(config.train)
-  batch = jax.ShapeDtypeStruct((config.train.batch_size, config.model.max_context + 1), jnp.int32)
+  batch = jax.ShapeDtypeStruct((config.train.batch_size, windows.row_length(config)), jnp.int32)
 
   step = bucket_step(config, model, bucket, schedule)
   rng = jax.random.PRNGKey(0)
@@ -79,7 +79,7 @@ def compiled_train_step(
   step_fn = bucket_step(config, model, bucket, schedule)
   rng = jax.random.PRNGKey(0)
 
-  shape = (config.train.batch_size, config.model.max_context + 1)
+  shape = (config.train.batch_size, windows.row_length(config))
   window = jnp.asarray(np.random.default_rng(0).integers(0, 256, shape), jnp.int32)
   n = jnp.int32(bucket)
   compiled = jax.jit(step_fn, donate_argnums=0).lower(state, window, n, rng).compile()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from perceiver_ar_vl.layers.kernels import AttentionImpl, dot_product_attention
 from perceiver_ar_vl.layers.masks import AttentionMask
@@ -39,6 +40,11 @@ class MultiHeadAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   shared_kv: bool = False
   segment0_out: bool = False
+  # > 0: Scalable-Softmax (arXiv 2501.19399). Each head's queries are scaled by s_h * ln(T),
+  # T = the keys' length (the window), with s_h learned from 1 / ln(log_scale_base): logits
+  # stay as peaked over 131k keys as over 1k. T rather than each query's own count of visible
+  # keys, so that a cached key (made when the window started elsewhere) keeps its value.
+  log_scale_base: int = 0
 
   def setup(self):
     if self.d_model % self.num_heads:
@@ -56,6 +62,11 @@ class MultiHeadAttention(nn.Module):
     self.out = out('out')
     if self.segment0_out:
       self.out_segment0 = out('out_segment0')
+    if self.log_scale_base:
+      init = 1.0 / np.log(max(self.log_scale_base, 2))
+      self.log_scale = self.param(
+        'log_scale', nn.initializers.constant(init), (self.num_heads,), jnp.float32
+      )
 
   def _rotate(self, x_BxTxHxK: jax.Array, positions_BxT: jax.Array) -> jax.Array:
     if not self.use_rotary:
@@ -64,9 +75,15 @@ class MultiHeadAttention(nn.Module):
       x_BxTxHxK, positions_BxT, self.rotary_fraction, self.max_wavelength, self.rotary_convention
     )
 
-  def queries(self, x_BxSxD: jax.Array, positions_BxS: jax.Array) -> jax.Array:
-    """Rotated queries [B, S, H, K]."""
-    return self._rotate(self.query(x_BxSxD), positions_BxS)
+  def queries(
+    self, x_BxSxD: jax.Array, positions_BxS: jax.Array, kv_len: int | None = None
+  ) -> jax.Array:
+    """Rotated queries [B, S, H, K] (with `log_scale_base`: scaled for `kv_len` keys)."""
+    q_BxSxHxK = self._rotate(self.query(x_BxSxD), positions_BxS)
+    if not self.log_scale_base:
+      return q_BxSxHxK
+    keys = kv_len or self.log_scale_base
+    return q_BxSxHxK * (np.log(keys) * self.log_scale).astype(q_BxSxHxK.dtype)[:, None]
 
   def keys_values(self, x_BxTxD: jax.Array, positions_BxT: jax.Array):
     """Rotated keys and values, each [B, T, H, K]."""
@@ -82,4 +99,5 @@ class MultiHeadAttention(nn.Module):
 
   def __call__(self, x_q_BxSxD, x_kv_BxTxD, q_positions_BxS, kv_positions_BxT, mask: AttentionMask):
     k, v = self.keys_values(x_kv_BxTxD, kv_positions_BxT)
-    return self.attend(self.queries(x_q_BxSxD, q_positions_BxS), k, v, mask)
+    q = self.queries(x_q_BxSxD, q_positions_BxS, x_kv_BxTxD.shape[1])
+    return self.attend(q, k, v, mask)

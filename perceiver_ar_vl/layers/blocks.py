@@ -62,6 +62,7 @@ class AttentionBlock(nn.Module):
   shared_kv: bool = False  # see MultiHeadAttention
   segment0_out: bool = False
   layer_norm_epsilon: float = 1e-6
+  log_scale_base: int = 0  # see MultiHeadAttention
 
   def setup(self):
     layer_norm = lambda: nn.LayerNorm(
@@ -80,6 +81,7 @@ class AttentionBlock(nn.Module):
       dtype=self.dtype,
       shared_kv=self.shared_kv,
       segment0_out=self.segment0_out,
+      log_scale_base=self.log_scale_base,
     )
     self.ln_mlp = layer_norm()
     self.mlp = MLP(self.mlp_dim, self.activation, self.dtype)
@@ -89,10 +91,12 @@ class AttentionBlock(nn.Module):
     """Keys and values [B, T, H, K] of the (normalised) key/value stream."""
     return self.attention.keys_values(self.ln_kv(x_kv_BxTxD), positions_BxT)
 
-  def queries(self, x_q_BxSxD: jax.Array, positions_BxS: jax.Array) -> jax.Array:
+  def queries(
+    self, x_q_BxSxD: jax.Array, positions_BxS: jax.Array, kv_len: int | None = None
+  ) -> jax.Array:
     """Rotated queries [B, S, H, K] of the (normalised) query stream: what a model that
     runs its own attention pattern (ECP's segments) feeds its kernel."""
-    return self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS)
+    return self.attention.queries(self.ln_q(x_q_BxSxD), positions_BxS, kv_len)
 
   def output(self, out_BxSxHxK: jax.Array, segment0: bool = False) -> jax.Array:
     """The attention output projection [B, S, D] of per-head results (`segment0`: the
@@ -109,11 +113,13 @@ class AttentionBlock(nn.Module):
     v_BxTxHxK: jax.Array,
     mask: AttentionMask,
     deterministic: bool = True,
+    extra_BxSxD: jax.Array | None = None,
   ):
-    """The block's output for the query stream, given keys/values and their mask."""
-    q = self.queries(x_q_BxSxD, positions_BxS)
+    """The block's output for the query stream, given keys/values and their mask;
+    `extra_BxSxD` (a match head's output) joins the attention output before the residual."""
+    q = self.queries(x_q_BxSxD, positions_BxS, k_BxTxHxK.shape[1])
     h = self.attention.attend(q, k_BxTxHxK, v_BxTxHxK, mask)
-    return self.residual_and_mlp(x_q_BxSxD, h, deterministic)
+    return self.residual_and_mlp(x_q_BxSxD, h, deterministic, extra_BxSxD)
 
   def attend_to(
     self,
@@ -123,19 +129,21 @@ class AttentionBlock(nn.Module):
     positions_BxT: jax.Array,
     mask: AttentionMask,
     deterministic: bool = True,
+    extra_BxSxD: jax.Array | None = None,
   ):
-    """`attend(x_q, positions, *keys_values(x_kv, positions_kv), mask)`, the same function.
+    """`attend(x_q, positions, *keys_values(x_kv, positions_kv), mask, ...)`, the same function.
 
     Where the attention kernel resolves to ``'chunked'``, the keys/values are made inside
     the kernel (`projected_chunked_attention`), so the backward pass keeps no LayerNorm
     output, no un-rotated keys and no full-size dk/dv: what a long window's memory needs.
     """
-    q = self.queries(x_q_BxSxD, positions_BxS)
+    q = self.queries(x_q_BxSxD, positions_BxS, x_kv_BxTxD.shape[1])
     kv_shape = x_kv_BxTxD.shape[:2] + q.shape[2:]
     impl = resolve_impl(self.attention_impl, q, jax.ShapeDtypeStruct(kv_shape, q.dtype))
     if impl != 'chunked' or self.shared_kv:
       k, v = self.keys_values(x_kv_BxTxD, positions_BxT)
-      return self.residual_and_mlp(x_q_BxSxD, self.attention.attend(q, k, v, mask), deterministic)
+      h = self.attention.attend(q, k, v, mask)
+      return self.residual_and_mlp(x_q_BxSxD, h, deterministic, extra_BxSxD)
     if self.is_initializing():  # create the key/value parameters that are read below
       self.keys_values(x_kv_BxTxD[:, :1], positions_BxT[:, :1])
     params = {
@@ -155,10 +163,19 @@ class AttentionBlock(nn.Module):
       dtype=self.dtype,
       layer_norm_epsilon=self.layer_norm_epsilon,
     )
-    return self.residual_and_mlp(x_q_BxSxD, self.attention.out(out_BxSxHxK), deterministic)
+    h = self.attention.out(out_BxSxHxK)
+    return self.residual_and_mlp(x_q_BxSxD, h, deterministic, extra_BxSxD)
 
-  def residual_and_mlp(self, x_q_BxSxD: jax.Array, h_BxSxD: jax.Array, deterministic: bool):
-    """The rest of the block after attention: residual, then the MLP sub-block."""
+  def residual_and_mlp(
+    self,
+    x_q_BxSxD: jax.Array,
+    h_BxSxD: jax.Array,
+    deterministic: bool,
+    extra_BxSxD: jax.Array | None = None,
+  ):
+    """The rest of the block after attention (plus `extra`): residual, then the MLP."""
+    if extra_BxSxD is not None:
+      h_BxSxD = h_BxSxD + extra_BxSxD
     x = x_q_BxSxD + self.dropout(h_BxSxD, deterministic=deterministic)
     h = self.mlp(self.ln_mlp(x))
     return x + self.dropout(h, deterministic=deterministic)

@@ -71,13 +71,15 @@ class AttentionShape(NamedTuple):
 
   queries: positions that get a query (and an MLP); keys: positions whose keys/values are
   projected; keys_per_query: keys each query scores (dense: no causal discount); mlp_dim:
-  the width of its MLP where it differs from the model's.
+  the width of its MLP where it differs from the model's; match_channels: the n-gram match
+  heads' value channels in all (their value and output projections and their match sums).
   """
 
   queries: int
   keys: int
   keys_per_query: int
   mlp_dim: int = 0  # the layer's MLP width; 0 = the model's mlp_dim
+  match_channels: int = 0  # n-gram match heads x their value width (layers.match)
 
 
 class LanguageModel(nn.Module):

@@ -25,7 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver_ar_vl.layers import kv_cache
+from perceiver_ar_vl.layers.kernels import resolve_impl
 from perceiver_ar_vl.layers.masks import causal_mask
+from perceiver_ar_vl.layers.match import NgramMatch
 from perceiver_ar_vl.models.base import AttentionShape, LanguageModel
 
 
@@ -65,6 +67,10 @@ class PerceiverCache(NamedTuple):
     last reset (slots at or past the current latent count are unused and masked out).
   origin: int32 scalar, the sequence index that rotary treats as position 0 (the first
     window position at the last reset), so cached positions stay below M + N.
+  match_codes: [B, G, M] uint32 ring buffer of each match head's key codes (G heads; G = 0
+    without match heads), match_v: [B, G, M, K] their values, recent: [B, R] the last R
+    bytes (R = the longest n-gram + 1; -1 before the first byte), whose n-grams give the
+    new query's code and the new key's.
   """
 
   cross_k: jax.Array
@@ -72,6 +78,9 @@ class PerceiverCache(NamedTuple):
   latent_k: tuple[jax.Array, ...]
   latent_v: tuple[jax.Array, ...]
   origin: jax.Array
+  match_codes: jax.Array
+  match_v: jax.Array
+  recent: jax.Array
 
 
 class PerceiverAR(LanguageModel):
@@ -83,6 +92,13 @@ class PerceiverAR(LanguageModel):
     `latent_dropout`: the per-example probability of dropping each active latent as a key of
       the latent self-attention layers (the original's `latent_dropout_prob`); a latent always
       still sees itself, so no query is left without keys.
+
+  Long-context options of the cross-attend (off by default: the original's model):
+    `match_ngrams`: one n-gram match head per length k (`layers.match`): latents find earlier
+      occurrences of their last k bytes by content and read the byte that followed;
+    `cross_attend_rotary_fraction`: its rotary share (-1 = `rotary_fraction`; 0 = no
+      positions in the cross-attend, so no fixed-offset shortcut that fails at other distances);
+    `cross_attend_log_scale`: Scalable-Softmax on its heads (`layers.attention`).
   """
 
   scores_every_position = False
@@ -92,6 +108,10 @@ class PerceiverAR(LanguageModel):
   latent_query_projection: bool = False  # the original's z_linear
   num_cross_attend_heads: int = 0  # 0 = num_heads
   cross_attend_mlp_dim: int = 0  # 0 = mlp_dim
+  match_ngrams: tuple[int, ...] = ()
+  match_strength_init: float = 2.0
+  cross_attend_rotary_fraction: float = -1.0  # -1 = rotary_fraction
+  cross_attend_log_scale: bool = False
 
   @classmethod
   def options_from_config(cls, model_config) -> dict:
@@ -102,16 +122,45 @@ class PerceiverAR(LanguageModel):
       latent_query_projection=m.latent_query_projection,
       num_cross_attend_heads=m.num_cross_attend_heads,
       cross_attend_mlp_dim=m.cross_attend_mlp_dim,
+      match_ngrams=tuple(int(k) for k in m.match_ngrams),
+      match_strength_init=m.match_strength_init,
+      cross_attend_rotary_fraction=m.cross_attend_rotary_fraction,
+      cross_attend_log_scale=m.cross_attend_log_scale,
+    )
+
+  @nn.nowrap
+  def has_long_context_options(self) -> bool:
+    """Whether any option the original model lacks is on (match heads, the cross-attend's
+    own rotary share, Scalable-Softmax)."""
+    return bool(
+      self.match_ngrams or self.cross_attend_rotary_fraction >= 0 or self.cross_attend_log_scale
     )
 
   def setup(self):
     self.setup_shared()
+    cross_heads = self.num_cross_attend_heads or self.num_heads
+    rotary_fraction = self.rotary_fraction
+    if self.cross_attend_rotary_fraction >= 0:
+      rotary_fraction = self.cross_attend_rotary_fraction
     self.cross_attend = self.make_block(
       'cross_attend',
       cross=True,
-      num_heads=self.num_cross_attend_heads or self.num_heads,
+      num_heads=cross_heads,
       mlp_dim=self.cross_attend_mlp_dim or self.mlp_dim,
+      rotary_fraction=rotary_fraction,
+      use_rotary=self.position_encoding == 'rotary' and rotary_fraction > 0,
+      log_scale_base=self.max_context if self.cross_attend_log_scale else 0,
     )
+    if self.match_ngrams:
+      if max(self.match_ngrams) >= self.max_context or min(self.match_ngrams) < 1:
+        raise ValueError(f'model.match_ngrams={self.match_ngrams} must be in [1, max_context - 1].')
+      self.match = NgramMatch(
+        ngrams=self.match_ngrams,
+        d_model=self.d_model,
+        head_dim=self.d_model // cross_heads,
+        strength_init=self.match_strength_init,
+        dtype=self.dtype,
+      )
     if self.latent_query_projection:  # Linear with bias; its output is also the residual
       self.z_linear = nn.Dense(self.d_model, dtype=self.dtype, param_dtype=jnp.float32)
     self.latent_blocks = [self.make_block(f'latent_{i}') for i in range(self.num_layers - 1)]
@@ -127,9 +176,10 @@ class PerceiverAR(LanguageModel):
   ):
     """Logits [batch, bucket, vocab] for the last `bucket` positions; last N slots active.
 
-    With `return_keys_values`, returns (logits, keys_values): one (k, v) pair per layer, the
-    cross-attend's over all M positions [B, M, H, K] first, then each latent layer's over the
-    B slots [B, B, H, K] (what a decoding cache keeps).
+    With `return_keys_values`, returns (logits, keys_values, match_cache): one (k, v) pair
+    per layer, the cross-attend's over all M positions [B, M, H, K] first, then each latent
+    layer's over the B slots [B, B, H, K], and the match heads' (key codes [B, G, M], values
+    [B, M, G, K]) or None (what a decoding cache keeps).
     """
     valid_BxM = self.check_window(tokens_BxM, input_mask)
     batch, context = tokens_BxM.shape
@@ -149,15 +199,32 @@ class PerceiverAR(LanguageModel):
       key_ok_BxM = key_ok_BxM & ~(is_prefix_1xM & drop_BxM)
     cross_mask = causal_mask(slot_positions_1xB, positions_1xM, key_ok_BxM, aligned=True)
     x_q_BxBxD = self.latent_queries(x_BxMxD[:, context - bucket :])
+    match_BxBxD = match_cache = None
+    if self.match_ngrams:
+      match_BxBxD, match_cache = self.match(
+        tokens_BxM,
+        valid_BxM,
+        key_ok_BxM,
+        x_BxMxD,
+        bucket,
+        dense=self.match_dense(batch, bucket, context),
+        return_cache=True,
+      )
     if return_keys_values:
       keys_values = [self.cross_attend.keys_values(x_BxMxD, positions_1xM)]
       z_BxBxD = self.cross_attend.attend(
-        x_q_BxBxD, slot_positions_1xB, *keys_values[0], cross_mask, deterministic
+        x_q_BxBxD, slot_positions_1xB, *keys_values[0], cross_mask, deterministic, match_BxBxD
       )
     else:  # keys/values may be made inside a memory-efficient kernel: M can be long
       keys_values = [None]
       z_BxBxD = self.cross_attend.attend_to(
-        x_q_BxBxD, slot_positions_1xB, x_BxMxD, positions_1xM, cross_mask, deterministic
+        x_q_BxBxD,
+        slot_positions_1xB,
+        x_BxMxD,
+        positions_1xM,
+        cross_mask,
+        deterministic,
+        match_BxBxD,
       )
 
     # Latent self-attention: inactive slots and invalid positions are never keys.
@@ -174,7 +241,18 @@ class PerceiverAR(LanguageModel):
         z_BxBxD, slot_positions_1xB, *keys_values[-1], latent_mask, deterministic
       )
     logits = self.head_logits(z_BxBxD)
-    return (logits, keys_values) if return_keys_values else logits
+    if return_keys_values:
+      return logits, keys_values, match_cache
+    return logits
+
+  @nn.nowrap
+  def match_dense(self, batch: int, queries: int, keys: int) -> bool:
+    """Whether the match heads take the dense reference path: where the cross-attend's
+    kernel resolves to the dense 'einsum' one (the sorted path everywhere else)."""
+    heads = self.num_cross_attend_heads or self.num_heads
+    q = jax.ShapeDtypeStruct((batch, queries, heads, self.d_model // heads), self.dtype)
+    k = jax.ShapeDtypeStruct((batch, keys, heads, self.d_model // heads), self.dtype)
+    return resolve_impl(self.attention_impl, q, k) == 'einsum'
 
   def latent_queries(self, x_BxSxD: jax.Array) -> jax.Array:
     """The cross-attend's query stream of latent embeddings: the embeddings themselves, or
@@ -190,18 +268,31 @@ class PerceiverAR(LanguageModel):
     uncached window; `origin` maps them back to sequence indices."""
     batch, window = window_BxM.shape
     valid_BxM = kv_cache.window_indices(context_len, batch, window) >= 0
-    logits_BxNxV, keys_values = self(
+    logits_BxNxV, keys_values, match_cache = self(
       window_BxM, num_latents, input_mask=valid_BxM, return_keys_values=True
     )
     (cross_k, cross_v), *latent_kv = keys_values
     pad = ((0, 0), (0, 0), (0, capacity - num_latents), (0, 0))
     heads_major = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2), pad)
+    recent = max(self.match_ngrams, default=-1) + 1
+    if match_cache is None:
+      head_dim = cross_v.shape[-1]
+      match_codes = jnp.zeros((batch, 0, window), jnp.uint32)
+      match_v = jnp.zeros((batch, 0, window, head_dim), cross_v.dtype)
+    else:
+      codes_BxGxM, v_BxMxGxK = match_cache
+      match_codes = jnp.roll(codes_BxGxM, context_len % window, axis=2)
+      match_v = kv_cache.to_ring(v_BxMxGxK, context_len)
+    recent_BxR = jnp.where(valid_BxM, window_BxM, -1)[:, window - recent :]
     cache = PerceiverCache(
       kv_cache.to_ring(cross_k, context_len),
       kv_cache.to_ring(cross_v, context_len),
       tuple(heads_major(k) for k, _ in latent_kv),
       tuple(heads_major(v) for _, v in latent_kv),
       jnp.asarray(context_len - window, jnp.int32),
+      match_codes,
+      match_v,
+      recent_BxR.astype(jnp.int32),
     )
     return logits_BxNxV[:, -1], cache
 
@@ -216,12 +307,17 @@ class PerceiverAR(LanguageModel):
     cross_k = kv_cache.ring_write(cache.cross_k, k_Bx1xHxK, context_len)
     cross_v = kv_cache.ring_write(cache.cross_v, v_Bx1xHxK, context_len)
     mask_Bx1xM = kv_cache.ring_mask(pos_Bx1, context_len, cache.origin, batch, window)
+    match_Bx1xD, match_state = None, cache[-3:]
+    if self.match_ngrams:
+      match_Bx1xD, match_state = self.extend_match(cache, token_B, x_Bx1xD, context_len)
     z_Bx1xD = self.cross_attend.attend(
       self.latent_queries(x_Bx1xD),
       pos_Bx1,
       kv_cache.seq_major(cross_k),
       kv_cache.seq_major(cross_v),
       mask_Bx1xM,
+      True,
+      match_Bx1xD,
     )
 
     latent_k, latent_v = [], []
@@ -241,8 +337,33 @@ class PerceiverAR(LanguageModel):
       )
       latent_k.append(k_cache)
       latent_v.append(v_cache)
-    cache = PerceiverCache(cross_k, cross_v, tuple(latent_k), tuple(latent_v), cache.origin)
+    cache = PerceiverCache(
+      cross_k, cross_v, tuple(latent_k), tuple(latent_v), cache.origin, *match_state
+    )
     return self.head_logits(z_Bx1xD[:, 0]), cache
+
+  def extend_match(self, cache: PerceiverCache, token_B, x_Bx1xD, context_len):
+    """The match heads' output [B, 1, D] for the byte at sequence index context_len - 1, and
+    the cache's (match_codes, match_v, recent) with that byte added as a key. A key at
+    sequence index s may match while its n-gram [s-k, s-1] lies inside the current window
+    (s - k >= max(context_len - M, 0)), exactly as in the uncached window."""
+    batch, _, window = cache.match_codes.shape
+    recent_BxR = jnp.concatenate([cache.recent[:, 1:], token_B[:, None].astype(jnp.int32)], 1)
+    recent_ok_BxR = recent_BxR >= 0
+    slot = (context_len - 1) % window
+    new_codes_BxGx1 = jnp.stack(
+      [code_BxR[:, -2:-1] for code_BxR, _ in self.match.codes(recent_BxR, recent_ok_BxR)], 1
+    )
+    codes_BxGxM = jax.lax.dynamic_update_slice_in_dim(
+      cache.match_codes, new_codes_BxGx1, slot, axis=2
+    )
+    v_BxGxMxK = kv_cache.ring_write(cache.match_v, self.match.values(x_Bx1xD), context_len)
+    index_BxM = kv_cache.ring_indices(context_len, batch, window)
+    start = jnp.maximum(context_len - window, 0)
+    ngrams_G = jnp.asarray(self.match_ngrams)
+    key_ok_BxGxM = index_BxM[:, None, :] - ngrams_G[None, :, None] >= start
+    out_Bx1xD = self.match.cached(recent_BxR, recent_ok_BxR, codes_BxGxM, key_ok_BxGxM, v_BxGxMxK)
+    return out_Bx1xD, (codes_BxGxM, v_BxGxMxK, recent_BxR)
 
   @nn.nowrap
   def needs_prefill(self, cache, step, context_len, latent_reset):
@@ -254,5 +375,8 @@ class PerceiverAR(LanguageModel):
     context = self.max_context
     if not 1 <= bucket <= context:
       raise ValueError(f'bucket must be in [1, {context}] for Perceiver AR, got {bucket}.')
-    cross = AttentionShape(bucket, context, context, self.cross_attend_mlp_dim)
+    match_channels = len(self.match_ngrams) * (
+      self.d_model // (self.num_cross_attend_heads or self.num_heads)
+    )
+    cross = AttentionShape(bucket, context, context, self.cross_attend_mlp_dim, match_channels)
     return (cross,) + (AttentionShape(bucket, bucket, bucket),) * (self.num_layers - 1)

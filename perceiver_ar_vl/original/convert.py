@@ -243,12 +243,38 @@ def _variables(params: dict, o: dict[str, Any], model: LanguageModel) -> dict:
   return {'params': p}
 
 
+LONG_CONTEXT_DEFAULTS = {
+  'match_ngrams': (),
+  'cross_attend_rotary_fraction': -1.0,
+  'cross_attend_log_scale': False,
+}
+
+
+def check_original_model(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config whose model the original cannot be: the cross-attend's long-context
+  options (n-gram match heads, its own rotary share, Scalable-Softmax) have no weights or
+  behaviour in google-research/perceiver-ar, so its parameters cannot fill such a model."""
+  on = {
+    key: config.model[key]
+    for key, default in LONG_CONTEXT_DEFAULTS.items()
+    if tuple(np.atleast_1d(config.model[key])) != tuple(np.atleast_1d(default))
+  }
+  if on:
+    names = ', '.join(f'model.{k}={v!r}' for k, v in on.items())
+    raise errors.UserError(
+      f'The original Perceiver AR has no {names}; its weights convert only to a model with '
+      'these options at their defaults.'
+    )
+
+
 def from_haiku(params: dict, **constructor_kwargs) -> tuple[LanguageModel, dict]:
   """(model, variables) computing the original `PerceiverAR(**constructor_kwargs)` with
   Haiku parameters `params` (module path -> {name: array}, as `hk.transform_with_state(...)
   .init` or `load_checkpoint` returns them); see the module docstring for the contract."""
   o = _options(constructor_kwargs)
-  model = config_lib.create_model(config_from_kwargs(**constructor_kwargs))
+  config = config_from_kwargs(**constructor_kwargs)
+  check_original_model(config)
+  model = config_lib.create_model(config)
   arrays = {
     module: {leaf: np.asarray(value, np.float32) for leaf, value in leaves.items()}
     for module, leaves in params.items()

@@ -24,6 +24,7 @@ from perceiver_ar_vl import checkpoints, latents, parallel
 from perceiver_ar_vl.train_state import TrainState
 from perceiver_ar_vl.training import metrics
 from perceiver_ar_vl.training.step import bucket_step
+from perceiver_ar_vl.windows import row_length
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -146,7 +147,7 @@ class CompiledSteps:
     """Compiles train_step for each of `buckets` (at each of `windows`) now, one trace each,
     for `state`'s shapes."""
     c = self._config
-    rows = (c.train.batch_size, c.model.max_context + 1)
+    rows = (c.train.batch_size, row_length(c))
     batch = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=parallel.batch_sharded(self._mesh))
     n = jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(self._mesh))
     for window in windows:

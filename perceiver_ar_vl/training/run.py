@@ -141,7 +141,7 @@ def train(
   mesh = parallel.make_mesh()
   _check_batch(t, mesh)
   model = config_lib.create_model(config)
-  dataset = data.make_dataset(config.data, window=config.model.max_context + 1, seed=config.seed)
+  dataset = data.make_dataset(config.data, window=windows.row_length(config), seed=config.seed)
 
   _warn_unfinished_saves(workdir)
   mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints, remove_unfinished=True)
