@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 
-from perceiver_ar_vl import config_choices, data, errors, latents, windows
+from perceiver_ar_vl import config_checks, config_choices, data, errors, latents, windows
 from perceiver_ar_vl.config_defaults import PRESET_SETTINGS, base_config
 
 if TYPE_CHECKING:  # imported where a model is built: validating a config needs no JAX
@@ -40,9 +40,10 @@ RUNS = (
   'curriculum_stepwise',
   'transformer',
   'ecp',
+  'long_text',  # fixed_512's latents, a 4x window and n-gram match heads
 )
 # configs/ files that are not runs of the strategy comparison: tasks with presets of their own.
-TASK_CONFIGS = ('long_copy',)
+TASK_CONFIGS = ('long_copy', 'recall')
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 SEED_WINDOW = 1024  # the window that runs' latent counts are written for
 assert set(PRESET_SETTINGS) == set(config_choices.PRESETS)
@@ -125,26 +126,6 @@ def strategy_config(name: str, arg: str | None = None) -> ml_collections.ConfigD
   return module.get_config(arg)
 
 
-def _validate_long_context(m: ml_collections.ConfigDict) -> None:
-  """The cross-attend's long-context options (models.perceiver_ar, layers.match)."""
-  ngrams = tuple(m.match_ngrams)
-  if any(not isinstance(k, int) or not 1 <= k < m.max_context for k in ngrams):
-    raise errors.UserError(
-      f'model.match_ngrams={ngrams} must hold n-gram lengths in [1, model.max_context - 1], '
-      'e.g. --config.model.match_ngrams=8 or "(8, 3)".'
-    )
-  if ngrams and m.type != 'perceiver_ar':
-    raise errors.UserError(
-      f"model.match_ngrams is a Perceiver AR cross-attend option; model.type='{m.type}' has "
-      'none: set --config.model.match_ngrams="()".'
-    )
-  if not (m.cross_attend_rotary_fraction == -1 or 0 <= m.cross_attend_rotary_fraction <= 1):
-    raise errors.UserError(
-      f'model.cross_attend_rotary_fraction={m.cross_attend_rotary_fraction} must be in '
-      '[0, 1], or -1 for model.rotary_fraction.'
-    )
-
-
 def create_model(config: ml_collections.ConfigDict) -> LanguageModel:
   """The model that `config.model` describes (its class from the `models.MODELS` registry)."""
   import jax.numpy as jnp
@@ -173,15 +154,6 @@ def create_model(config: ml_collections.ConfigDict) -> LanguageModel:
   )
   model_cls = models.MODELS[m.type]
   return model_cls(**kwargs, **model_cls.options_from_config(m))
-
-
-def _at_least(section: ml_collections.ConfigDict, name: str, keys: tuple[str, ...], low) -> None:
-  """Each `section[key]` must be >= low (e.g. a step count, a size)."""
-  for key in keys:
-    if section[key] < low:
-      raise errors.UserError(
-        f'{name}.{key} must be >= {low}, got {section[key]}; set --config.{name}.{key}.'
-      )
 
 
 def _check_latent_count(n: int, key: str, window: int, zero_ok: bool = False) -> None:
@@ -228,36 +200,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for split in e.splits:
     if split not in config_choices.SPLITS:
       raise errors.UserError(f'eval.splits holds {split!r}; choose from {config_choices.SPLITS}.')
-  _at_least(m, 'model', ('num_layers', 'num_heads', 'd_model', 'mlp_dim'), 1)
-  _at_least(m, 'model', ('max_context',), 2)
-  # Rotary spans the window where the cross-attend rotates, else only the latent layers' slots.
-  rotary_span = m.max_context
-  if m.type == 'perceiver_ar' and m.cross_attend_rotary_fraction == 0:
-    rotary_span = max(*lat.buckets, e.num_latents, *e.latents_sweep)
-  if m.position_encoding == 'rotary' and m.max_wavelength < rotary_span:
-    raise errors.UserError(
-      f'model.max_wavelength={m.max_wavelength:g} is shorter than the window '
-      f'model.max_context={m.max_context}: rotary positions further apart than a wavelength '
-      f'look alike; set --config.model.max_wavelength={float(m.max_context):g} or more.'
-    )
-  if not m.layer_norm_epsilon > 0:
-    raise errors.UserError(f'model.layer_norm_epsilon={m.layer_norm_epsilon} must be > 0.')
-  if m.d_model % m.num_heads:
-    raise errors.UserError(
-      f'model.d_model={m.d_model} must be divisible by model.num_heads={m.num_heads}.'
-    )
-  cross_heads = m.num_cross_attend_heads or m.num_heads
-  if m.num_cross_attend_heads < 0 or m.d_model % cross_heads:
-    raise errors.UserError(
-      f'model.num_cross_attend_heads={m.num_cross_attend_heads} must be 0 (= num_heads) or '
-      f'divide model.d_model={m.d_model}.'
-    )
-  _at_least(m, 'model', ('cross_attend_mlp_dim',), 0)
-  _validate_long_context(m)
-  if m.vocab_size < data.VOCAB_SIZE:
-    raise errors.UserError(
-      f'model.vocab_size={m.vocab_size} cannot hold byte tokens; use >= {data.VOCAB_SIZE}.'
-    )
+  config_checks.validate_model(config)
   latents.validate_strategy(
     lat.strategy, lat.min, lat.max, lat.buckets, lat.schedule, max_context=m.max_context
   )
@@ -273,16 +216,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       f'model.max_context={m.max_context} into whole segments; pick a divisor (e.g. '
       f'{max(1, m.max_context // 8)} for 8 segments).'
     )
-  _at_least(
+  config_checks.at_least(
     t,
     'train',
     ('steps', 'batch_size', 'grad_accum_steps', 'log_every', 'checkpoint_every'),
     1,
   )
-  _at_least(t, 'train', ('keep_checkpoints',), 1)
-  _at_least(config.data, 'data', ('record_bytes',), 1)
-  _at_least(lat, 'latents', ('stair_size', 'stairs'), 1)
-  _at_least(config.data, 'data', ('in_memory_bytes', 'copy_length'), 0)
+  config_checks.at_least(t, 'train', ('keep_checkpoints',), 1)
+  config_checks.at_least(config.data, 'data', ('record_bytes',), 1)
+  config_checks.at_least(lat, 'latents', ('stair_size', 'stairs'), 1)
+  config_checks.at_least(config.data, 'data', ('in_memory_bytes', 'copy_length'), 0)
   if any(not isinstance(w, int) or w < 2 for w in e.windows):
     raise errors.UserError(
       f'eval.windows={tuple(e.windows)} must hold window sizes >= 2, e.g. '
@@ -294,7 +237,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       f'train.fsdp={t.fsdp!r} must be True or False (--config.train.fsdp=True shards '
       'parameters and optimizer state over the devices).'
     )
-  _at_least(t, 'train', ('warmup_steps', 'eval_every', 'eval_max_bytes'), 0)
+  config_checks.at_least(t, 'train', ('warmup_steps', 'eval_every', 'eval_max_bytes'), 0)
   _probability(m, 'model', ('dropout_rate', 'cross_attend_dropout', 'latent_dropout'))
   _probability(t, 'train', ('random_truncation',))
   if t.batch_size % t.grad_accum_steps:
@@ -310,14 +253,14 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         f'eval.latents_sweep holds {n}, outside [1, model.max_context={m.max_context}]; '
         'drop it from the sweep.'
       )
-  _at_least(e, 'eval', ('batch_size',), 1)
-  _at_least(e, 'eval', ('max_bytes',), 0)
+  config_checks.at_least(e, 'eval', ('batch_size',), 1)
+  config_checks.at_least(e, 'eval', ('max_bytes',), 0)
   if e.checkpoint_step < -1:
     raise errors.UserError(
       f'eval.checkpoint_step={e.checkpoint_step}: use a saved step, or -1 for the latest.'
     )
   _check_latent_count(s.num_latents, 'sample.num_latents', m.max_context, zero_ok=True)
-  _at_least(s, 'sample', ('length',), 1)
+  config_checks.at_least(s, 'sample', ('length',), 1)
   if s.temperature < 0:
     raise errors.UserError(
       f'sample.temperature={s.temperature} must be >= 0 (0 means greedy, 1 samples the '

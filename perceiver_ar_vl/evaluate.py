@@ -121,7 +121,7 @@ def bits_per_byte(
   # Windows are built one batch at a time (a stride-1 pass over a long split would not fit in
   # host memory at once); sums stay on the device and reach the host every FLUSH_EVERY batches
   # (float64 there), so the host never waits for the device batch by batch.
-  totals = [np.zeros(num_latents), np.zeros(num_latents)] + [np.zeros(num_bins)] * 3
+  totals = [np.zeros(num_latents), np.zeros(num_latents)] + [np.zeros(num_bins) for _ in range(3)]
   pending = []
   windows = len(plan.ends)
   for start in range(0, windows, batch):
@@ -194,6 +194,9 @@ def at_window(config: Any, window: int) -> Any:
   config = copy.deepcopy(config)
   with config.unlocked():
     config.model.max_context = int(window)
+    # Training settings that depend on the window do not apply to evaluation.
+    config.latents.buckets = tuple(b for b in config.latents.buckets if b <= window) or (window,)
+    config.window.schedule = 'none'
     if config.data.name == 'copy':
       config.data.copy_length = int(window)
       config.eval.max_bytes = 2 * int(window)

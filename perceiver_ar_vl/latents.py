@@ -179,3 +179,30 @@ def buckets_ahead(config: Any, start_step: int) -> list[int]:
     if used == reachable:
       break
   return sorted(used)
+
+
+def check_latents(num_latents, bucket: int | None, context: int) -> int:
+  """Validates N and B against the window length; returns the static bucket B."""
+  concrete_n = None
+  if isinstance(num_latents, (int, np.integer)):
+    concrete_n = int(num_latents)
+  if bucket is None:
+    if concrete_n is None:
+      raise ValueError(
+        'num_latents is traced, so its bucket must be given: pass a static bucket=B >= num_latents.'
+      )
+    bucket = concrete_n
+  bucket = int(bucket)
+  if bucket > context:
+    raise ValueError(
+      f'bucket={bucket} exceeds the window of {context} tokens; use a bucket '
+      f'<= {context} (or a longer window).'
+    )
+  if concrete_n is not None:
+    if concrete_n < 1:
+      raise ValueError(f'num_latents must be >= 1, got {concrete_n}.')
+    if concrete_n > bucket:
+      raise ValueError(
+        f'num_latents={concrete_n} does not fit in bucket={bucket}; use a bucket >= {concrete_n}.'
+      )
+  return bucket

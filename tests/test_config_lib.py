@@ -293,6 +293,8 @@ def _check_data_name(name, tmp_path):
   if name == 'text_file':
     (tmp_path / 'text.txt').write_bytes(np.random.default_rng(0).bytes(2_000))
     config['path'] = str(tmp_path / 'text.txt')
+  if name == 'recall':  # 33-byte rows hold 2 pairs of 3 bytes and their queries
+    config['recall_pairs'] = 2
   dataset = data.make_dataset(config, 33)
   assert isinstance(dataset, data.ByteDataset)
   assert dataset.train_batch(0, 2, seed=0).shape == (2, 33)

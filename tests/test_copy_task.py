@@ -205,6 +205,9 @@ def test_the_curriculum_steps_follow_train_steps():
       'copy_length_stairs must be an integer >= 2',
     ),
     ({'copy_length_schedule': 'steep'}, r"Unknown data.copy_length_schedule='steep'"),
+    ({'copy_train_lengths': (8,)}, r'copy_train_lengths=\(8,\) must be'),
+    ({'copy_train_lengths': (9, 8)}, r'copy_train_lengths=\(9, 8\) must be'),
+    ({'copy_train_lengths': (4, 8), 'copy_min_crop': 4}, 'on the streamed task'),
   ],
 )
 def test_bad_copy_settings_are_one_line_errors(changes, match):
@@ -215,6 +218,24 @@ def test_bad_copy_settings_are_one_line_errors(changes, match):
   assert '\n' not in str(raised.value)
   with pytest.raises(errors.UserError, match=match):  # make_dataset checks the same
     data.make_dataset({**config.data.to_dict(), 'name': 'copy'}, WINDOW)
+
+
+def test_training_rows_mix_copy_distances_drawn_per_example():
+  """With copy_train_lengths (a, b), copies appear at many distances up to (b + 1) / 2 in
+  one row (found by 6-byte matches over 256 symbols, which chance almost never makes), the
+  rows are a pure function of the step, and evaluation keeps copy_length."""
+  config = {'name': 'copy', 'copy_vocab': 256, 'copy_length': 40, 'copy_train_lengths': (8, 64)}
+  ds = data.make_dataset(config, 400)
+  rows = ds.train_batch(3, 4, seed=0)
+  np.testing.assert_array_equal(rows, ds.train_batch(3, 4, seed=0))
+  distances = set()
+  for row in rows:
+    for t in range(40, 394):
+      for d in range(4, 33):
+        if (row[t : t + 6] == row[t - d : t - d + 6]).all():
+          distances.add(d)
+  assert len(distances) >= 8 and max(distances) <= 32, distances
+  assert ds.split_bytes('validation').shape == (64 * 40,)  # evaluation: L = copy_length
 
 
 def test_copy_keys_on_another_dataset_and_a_broken_link_are_errors():

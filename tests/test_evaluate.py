@@ -125,7 +125,13 @@ def test_eval_after_restore_reproduces_the_logged_validation_figure(tmp_path, ca
     assert sum(d['count'] for d in r['bits_by_distance']) == r['copy_targets']
   with open(os.path.join(tmp_path, 'eval.json')) as f:
     assert json.load(f)['checkpoint_step'] == 8
-  assert '| validation | 32 |' in capsys.readouterr().out
+  assert '| validation | 32 | 32 |' in capsys.readouterr().out
+
+  # Several windows in one evaluation: the copy task's examples follow each window.
+  config.eval.update(windows=(24, 32), latents_sweep=(), splits=('validation',))
+  report = evaluate.evaluate(config, str(tmp_path))
+  assert [(r['window'], r['num_targets']) for r in report['results']] == [(24, 47), (32, 63)]
+  assert report['results'][1]['bits'] != report['results'][0]['bits']
 
   text = sampling.sample_from_workdir(config, str(tmp_path))
   assert text.startswith(config.sample.prompt)
@@ -157,12 +163,13 @@ def reference_copy_metrics(examples, distances):
   predicted from the byte before it; bits overall, on copies, on fresh bytes, by distance bin."""
   table = TABLE.astype(np.float64)
   log_z = np.log(np.exp(table).sum(1))
-  nats, kinds = [], []
+  nats, kinds, right = [], [], []
   for example, dist in zip(examples, distances, strict=True):
     for t in range(1, len(example)):
       nats.append(log_z[example[t - 1]] - table[example[t - 1], example[t]])
       kinds.append(int(dist[t]))
-  nats, kinds = np.array(nats), np.array(kinds)
+      right.append(np.argmax(table[example[t - 1]]) == example[t])
+  nats, kinds, right = np.array(nats), np.array(kinds), np.array(right)
   bits = lambda sel: nats[sel].mean() / math.log(2)
   bins = np.where(kinds > 0, np.floor(np.log2(np.maximum(kinds, 1))) + 1, 0)
   by_distance = [
@@ -178,6 +185,7 @@ def reference_copy_metrics(examples, distances):
     'bits': bits(slice(None)),
     'num_targets': len(nats),
     'copy_bits': bits(kinds > 0),
+    'copy_accuracy': right[kinds > 0].mean(),
     'fresh_bits': bits(kinds == 0),
     'copy_targets': int((kinds > 0).sum()),
     'fresh_targets': int((kinds == 0).sum()),
@@ -186,7 +194,7 @@ def reference_copy_metrics(examples, distances):
 
 
 def check_against(got, want):
-  for key in ('bits', 'copy_bits', 'fresh_bits'):
+  for key in ('bits', 'copy_bits', 'fresh_bits', 'copy_accuracy'):
     assert got[key] == pytest.approx(want[key], rel=1e-6), key
   for key in ('num_targets', 'copy_targets', 'fresh_targets'):
     assert got[key] == want[key], key
@@ -218,6 +226,20 @@ def test_copy_metrics_are_exact_on_separate_examples(mode, n, eval_mode):
   )
   rows = [examples[i, : 12 if i < 5 else 7] for i in range(6)]
   check_against(cut, reference_copy_metrics(rows, [distances[i] for i in range(6)]))
+
+
+def test_recall_metrics_are_exact_and_the_queries_values_have_sources():
+  """The recall task: [E, W] examples; its query values carry their pair's distance."""
+  ds = data.make_dataset({'name': 'recall', 'recall_pairs': 2, 'recall_vocab': 4}, M + 1)
+  examples, distances = ds.split_bytes('validation'), ds.source_distances('validation')
+  t_E, t_L = np.nonzero(distances)
+  np.testing.assert_array_equal(examples[t_E, t_L], examples[t_E, t_L - distances[t_E, t_L]])
+  got = evaluate.bits_per_byte(
+    PreviousByteModel(max_context=M), {}, examples, num_latents=8, source_distances=distances
+  )
+  want = reference_copy_metrics(examples, distances)
+  check_against(got, want)
+  assert 0 < want['copy_targets'] < want['fresh_targets']
 
 
 def test_copy_metrics_of_a_stream_read_across_examples():

@@ -48,6 +48,15 @@ def test_stepwise_spends_equal_time_on_each_bucket():
   assert windows.windows_ahead(c, 17) == [b for b in (8, 16, 24, 32) if b >= got[17]]
 
 
+def test_a_fixed_window_trains_every_step_at_window_min_on_rows_that_short():
+  c = window_config('fixed', steps=12)
+  c.window.min = 16
+  assert {windows.window_at(c, s) for s in range(12)} == {16}
+  assert windows.windows_ahead(c, 5) == [16]
+  assert windows.row_length(c) == 17  # rows hold what the steps read, not M + 1
+  assert windows.row_length(window_config('stepwise')) == 33
+
+
 @pytest.mark.parametrize(
   'changes,match',
   [

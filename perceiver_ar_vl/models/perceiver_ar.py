@@ -8,79 +8,27 @@ Static buckets: a call runs at bucket B >= N. Slot j of the B latent slots is wi
 M-B+j; the last N slots are active, the first B-N are inactive padding that is masked out as
 keys in every latent layer and carries no loss. N may be traced; B is static.
 
-Decoding cache (`PerceiverCache`): the keys/values of the cross-attend over the window (a ring
-buffer) and of every latent layer (the latents since the last reset). A new byte adds one
-cross-attend key and sends one query, the new latent, through the cross-attend and the
-latent stack; the sampler's latent schedule (`sampling`) refills it with one full pass at
-n0 = N/2 latents when it would hold more than N, as the original does.
+Decoding cache (`perceiver_ar_cache.PerceiverCache`): the keys/values of the cross-attend
+over the window (a ring buffer) and of every latent layer (the latents since the last
+reset). A new byte adds one cross-attend key and sends one query, the new latent, through
+the cross-attend and the latent stack; the sampler's latent schedule (`sampling`) refills it
+with one full pass at n0 = N/2 latents when it would hold more than N, as the original does.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from perceiver_ar_vl import latents
 from perceiver_ar_vl.layers import kv_cache
 from perceiver_ar_vl.layers.kernels import resolve_impl
 from perceiver_ar_vl.layers.masks import causal_mask
 from perceiver_ar_vl.layers.match import NgramMatch
+from perceiver_ar_vl.models import perceiver_ar_cache
 from perceiver_ar_vl.models.base import AttentionShape, LanguageModel
-
-
-def check_latents(num_latents, bucket: int | None, context: int) -> int:
-  """Validates N and B against the window length; returns the static bucket B."""
-  concrete_n = None
-  if isinstance(num_latents, (int, np.integer)):
-    concrete_n = int(num_latents)
-  if bucket is None:
-    if concrete_n is None:
-      raise ValueError(
-        'num_latents is traced, so its bucket must be given: pass a static bucket=B >= num_latents.'
-      )
-    bucket = concrete_n
-  bucket = int(bucket)
-  if bucket > context:
-    raise ValueError(
-      f'bucket={bucket} exceeds the window of {context} tokens; use a bucket '
-      f'<= {context} (or a longer window).'
-    )
-  if concrete_n is not None:
-    if concrete_n < 1:
-      raise ValueError(f'num_latents must be >= 1, got {concrete_n}.')
-    if concrete_n > bucket:
-      raise ValueError(
-        f'num_latents={concrete_n} does not fit in bucket={bucket}; use a bucket >= {concrete_n}.'
-      )
-  return bucket
-
-
-class PerceiverCache(NamedTuple):
-  """Cached keys/values of Perceiver AR, heads-major. H heads, K head dim, N the capacity.
-
-  cross_k, cross_v: [B, H, M, K] cross-attend keys/values of the window, a ring buffer
-    (`layers.kv_cache`): slot s holds sequence index i = s (mod M).
-  latent_k, latent_v: per latent layer [B, H, N, K]; slot i holds the i-th latent since the
-    last reset (slots at or past the current latent count are unused and masked out).
-  origin: int32 scalar, the sequence index that rotary treats as position 0 (the first
-    window position at the last reset), so cached positions stay below M + N.
-  match_codes: [B, G, M] uint32 ring buffer of each match head's key codes (G heads; G = 0
-    without match heads), match_v: [B, G, M, K] their values, recent: [B, R] the last R
-    bytes (R = the longest n-gram + 1; -1 before the first byte), whose n-grams give the
-    new query's code and the new key's.
-  """
-
-  cross_k: jax.Array
-  cross_v: jax.Array
-  latent_k: tuple[jax.Array, ...]
-  latent_v: tuple[jax.Array, ...]
-  origin: jax.Array
-  match_codes: jax.Array
-  match_v: jax.Array
-  recent: jax.Array
+from perceiver_ar_vl.models.perceiver_ar_cache import PerceiverCache
 
 
 class PerceiverAR(LanguageModel):
@@ -183,7 +131,7 @@ class PerceiverAR(LanguageModel):
     """
     valid_BxM = self.check_window(tokens_BxM, input_mask)
     batch, context = tokens_BxM.shape
-    bucket = check_latents(num_latents, bucket, context)
+    bucket = latents.check_latents(num_latents, bucket, context)
     positions_1xM = jnp.arange(context)[None]  # the same for every example
     x_BxMxD = self.embed_tokens(tokens_BxM, positions_1xM)
 
@@ -271,28 +219,10 @@ class PerceiverAR(LanguageModel):
     logits_BxNxV, keys_values, match_cache = self(
       window_BxM, num_latents, input_mask=valid_BxM, return_keys_values=True
     )
-    (cross_k, cross_v), *latent_kv = keys_values
-    pad = ((0, 0), (0, 0), (0, capacity - num_latents), (0, 0))
-    heads_major = lambda x: jnp.pad(jnp.swapaxes(x, 1, 2), pad)
     recent = max(self.match_ngrams, default=-1) + 1
-    if match_cache is None:
-      head_dim = cross_v.shape[-1]
-      match_codes = jnp.zeros((batch, 0, window), jnp.uint32)
-      match_v = jnp.zeros((batch, 0, window, head_dim), cross_v.dtype)
-    else:
-      codes_BxGxM, v_BxMxGxK = match_cache
-      match_codes = jnp.roll(codes_BxGxM, context_len % window, axis=2)
-      match_v = kv_cache.to_ring(v_BxMxGxK, context_len)
     recent_BxR = jnp.where(valid_BxM, window_BxM, -1)[:, window - recent :]
-    cache = PerceiverCache(
-      kv_cache.to_ring(cross_k, context_len),
-      kv_cache.to_ring(cross_v, context_len),
-      tuple(heads_major(k) for k, _ in latent_kv),
-      tuple(heads_major(v) for _, v in latent_kv),
-      jnp.asarray(context_len - window, jnp.int32),
-      match_codes,
-      match_v,
-      recent_BxR.astype(jnp.int32),
+    cache = perceiver_ar_cache.from_window_pass(
+      keys_values, match_cache, recent_BxR, context_len, capacity - num_latents
     )
     return logits_BxNxV[:, -1], cache
 
@@ -358,10 +288,9 @@ class PerceiverAR(LanguageModel):
       cache.match_codes, new_codes_BxGx1, slot, axis=2
     )
     v_BxGxMxK = kv_cache.ring_write(cache.match_v, self.match.values(x_Bx1xD), context_len)
-    index_BxM = kv_cache.ring_indices(context_len, batch, window)
-    start = jnp.maximum(context_len - window, 0)
-    ngrams_G = jnp.asarray(self.match_ngrams)
-    key_ok_BxGxM = index_BxM[:, None, :] - ngrams_G[None, :, None] >= start
+    key_ok_BxGxM = perceiver_ar_cache.match_keys_usable(
+      context_len, batch, window, self.match_ngrams
+    )
     out_Bx1xD = self.match.cached(recent_BxR, recent_ok_BxR, codes_BxGxM, key_ok_BxGxM, v_BxGxMxK)
     return out_Bx1xD, (codes_BxGxM, v_BxGxMxK, recent_BxR)
 
