@@ -7,10 +7,15 @@ import shutil
 import subprocess
 import tempfile
 
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-flags = os.environ.get('XLA_FLAGS', '')
-if 'xla_force_host_platform_device_count' not in flags:
-  flags += ' --xla_force_host_platform_device_count=2'
+# CPU with two simulated devices whatever the shell exported (a GPU box's JAX_PLATFORMS, a
+# device count of one's own): the suite's expectations are written for exactly this.
+os.environ['JAX_PLATFORMS'] = 'cpu'
+flags = ' '.join(
+  flag
+  for flag in os.environ.get('XLA_FLAGS', '').split()
+  if not flag.startswith('--xla_force_host_platform_device_count')
+)
+flags += ' --xla_force_host_platform_device_count=2'
 # The suite's programs are tiny, so compiling dominates its time: XLA's backend optimisations
 # cost more than they save (measured: -31% CPU time on test_remat/precision/models; results
 # equal). Every subprocess inherits this; set the flag yourself to test another level.

@@ -13,13 +13,39 @@ from perceiver_ar_vl import parallel
 from perceiver_ar_vl.training import host_loop
 
 
-def test_a_second_signal_stops_at_once():
+@pytest.fixture
+def signal_handlers():
+  """The test process's SIGINT/SIGTERM handlers, whatever it inherited (an interactive shell,
+  nohup, CI), restored after the test."""
+  before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  yield before
+  for sig, handler in before.items():
+    signal.signal(sig, handler)
+
+
+def test_a_second_signal_stops_at_once(signal_handlers):
+  signal.signal(signal.SIGINT, signal.default_int_handler)  # as in an interactive terminal
   with host_loop.StopSignal() as stop:
     os.kill(os.getpid(), signal.SIGINT)
     assert stop.received == 'SIGINT' and stop.number == signal.SIGINT  # wait for the step
     with pytest.raises(KeyboardInterrupt, match=r'a second stop signal \(SIGTERM\)'):
       os.kill(os.getpid(), signal.SIGTERM)
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+  assert signal.getsignal(signal.SIGTERM) == signal_handlers[signal.SIGTERM]
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(signal_handlers):
+  """nohup / a background job: SIGINT stays ignored (no stop), SIGTERM still stops, and
+  SIG_IGN is what is left afterwards."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  with host_loop.StopSignal() as stop:
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.received is None
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.received == 'SIGTERM'
+  assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+  assert signal.getsignal(signal.SIGTERM) == signal_handlers[signal.SIGTERM]
 
 
 def _filling_threads() -> list[threading.Thread]:

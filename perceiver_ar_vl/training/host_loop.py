@@ -33,7 +33,11 @@ class NonFiniteLossError(FloatingPointError):
 
 class StopSignal:
   """Records SIGTERM/SIGINT so the loop can checkpoint and exit cleanly; a second signal
-  stops at once (KeyboardInterrupt), for a Ctrl-C that should not wait for the next step."""
+  stops at once (KeyboardInterrupt), for a Ctrl-C that should not wait for the next step.
+
+  A process started with SIGINT ignored (`nohup`, a shell's background job) keeps ignoring
+  it, as Python itself does: a Ctrl-C meant for the terminal's foreground job does not stop
+  the run. SIGTERM always asks for a stop. The handlers found are restored on exit."""
 
   def __init__(self):
     self.received: str | None = None  # the signal's name
@@ -42,6 +46,8 @@ class StopSignal:
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
+      if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+        continue  # started ignoring Ctrl-C (nohup, a background job): keep ignoring it
       try:
         self._previous[sig] = signal.signal(sig, self._handle)
       except ValueError:  # not the main thread: leave signals alone
