@@ -22,14 +22,16 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLAIN = ['--config.model.match_ngrams=()', '--config.model.cross_attend_rotary_fraction=-1']
+# Rotary in the cross-attend spans the longest evaluation window (2 x 131072).
+ROTARY = ['--config.model.cross_attend_rotary_fraction=-1', '--config.model.max_wavelength=262144']
+PLAIN = ['--config.model.match_ngrams=()', *ROTARY]
 FIXED_512 = ['--config.data.copy_train_lengths=(1024,1024)']  # every copy 512 back
 # variant -> launch.py overrides of configs/long_copy.py:cpu (match head 8, no cross rotary,
 # copies drawn 32..512 back).
 VARIANTS = {
   'plain_512': PLAIN + FIXED_512,
   'plain_mixed': PLAIN,
-  'match_rotary_512': ['--config.model.cross_attend_rotary_fraction=-1'] + FIXED_512,
+  'match_rotary_512': ROTARY + FIXED_512,
   'match_512': FIXED_512,
   'match_mixed': [],
 }

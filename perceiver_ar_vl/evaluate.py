@@ -168,19 +168,27 @@ def latent_counts_to_score(config: Any) -> list[int]:
 
 
 def format_table(rows: list[dict]) -> str:
-  """A markdown table of evaluation rows (with copy / fresh bits on the copy task)."""
+  """A markdown table of evaluation rows (with copy / fresh bits on the copy task, and a
+  window column when the rows come from several windows)."""
   copy = bool(rows) and all(
     r.get('copy_bits') is not None and r.get('fresh_bits') is not None for r in rows
   )
+  windows = len({r.get('window') for r in rows}) > 1
   extra = ' copy bits | fresh bits |' if copy else ''
   lines = [
-    f'| split | window | latents | bits/byte |{extra} targets | seconds (incl. compile) |',
-    '|---|---:|---:|---:|' + ('---:|---:|' if copy else '') + '---:|---:|',
+    f'| split |{" window |" if windows else ""} latents | bits/byte |{extra} targets | '
+    'seconds (incl. compile) |',
+    '|---|'
+    + ('---:|' if windows else '')
+    + '---:|---:|'
+    + ('---:|---:|' if copy else '')
+    + '---:|---:|',
   ]
   for r in rows:
     kinds = f' {r["copy_bits"]:.4f} | {r["fresh_bits"]:.4f} |' if copy else ''
+    window = f' {r["window"]} |' if windows else ''
     lines.append(
-      f'| {r["split"]} | {r.get("window", "")} | {r["num_latents"]} | {r["bits"]:.4f} |{kinds} '
+      f'| {r["split"]} |{window} {r["num_latents"]} | {r["bits"]:.4f} |{kinds} '
       f'{r["num_targets"]} | {r["seconds"]:.1f} |'
     )
   return '\n'.join(lines)

@@ -38,9 +38,15 @@ def test_presets_validate_and_say_their_distance():
   smoke, cpu = long_copy('smoke'), long_copy('cpu')
   for c in (smoke, cpu):
     config_lib.validate(c)
-    assert c.data.name == 'copy' and c.model.max_wavelength >= c.model.max_context
-  assert smoke.model.max_context <= 4096
+    assert c.data.name == 'copy'
+  assert smoke.model.max_context <= 4096 and smoke.model.max_wavelength >= 1024
+  assert not smoke.model.match_ngrams  # the plain model
   assert (cpu.model.max_context, cpu.data.copy_length // 2) == (131072, 65536)
+  # Trained at a 1024-byte window with an 8-gram match head and no cross-attend rotary,
+  # evaluated up to the full window.
+  assert cpu.model.match_ngrams == (8,) and cpu.model.cross_attend_rotary_fraction == 0
+  assert (cpu.window.schedule, cpu.window.min) == ('fixed', 1024)
+  assert max(cpu.eval.windows) == 131072
   with pytest.raises(errors.UserError, match="takes a preset: one of \\('smoke', 'cpu'\\)"):
     long_copy('gpu')
 
