@@ -1,31 +1,26 @@
 """Perceiver AR on the copy task over long distances: each L-byte example is L/2 random symbols
 and their copy, so predicting a second half means reading L/2 bytes back (docs/long_copy.md).
 
-Presets (no preset: an error; these are CPU recipes):
-  :smoke  window M = 1024, copy distance 512 (L = 1024), N = 256, 600 steps. Measured
+Presets (no preset: an error; these are CPU recipes; 2 layers, d_model 128, 2 heads, N = 256):
+  :smoke  the plain model: window M = 1024, copy distance 512, 600 steps. Measured
           (2026-12-02, 2 CPU cores): chance until step ~200, copy_bits <= 0.1 from step 255
           (1.0 minute of training); evaluated: copy_bits 0.019, fresh_bits 4.05 (floor 4);
-          benchmarks/long_copy.py reproduces 1024 of 1024 sampled bytes.
-  :cpu    window M = 131072, copy distance 65536 (L = 131072), N = 256, batch 8: the first
-          half trains on the last 65,792 bytes (distance + N: at distance 2048 such a window
-          learned where twice the distance did not), max_wavelength 4 x the window. Measured
-          (2026-12-02, 2 CPU
-          cores): 276 steps (all at the 65,792-byte window) in 15 minutes of training,
-          training bits 4.00-4.01 at every log: not learned (the goal, copy_bits <= 0.1
-          within 30 minutes, is not reached; docs/long_copy.md says what limits it).
-          benchmarks/long_copy.py on it: 9 of 128 sampled bytes equal the source (7.0%,
-          chance 6.25%); cached 47.0 bytes/s against uncached 4.13 bytes/s.
+          benchmarks/long_copy.py reproduces 1024 of 1024 sampled bytes. A fixed offset: at
+          chance at every other distance.
+  :cpu    content lookup: an 8-gram match head and no rotary in the cross-attend, trained at a
+          1,024-byte window (window.schedule 'fixed') on copies drawn 32..512 bytes back, with
+          model.max_context 131072; evaluated at windows 1024..131072 (copy distance 512..65536).
+          Measured (2026-12-07, 2 CPU cores, jax 0.10.2): 600 steps in 231 s; copy_bits 0.0697
+          (d 512), 0.0177 (d 4096), 0.0116 (d 32768), 0.0111 (d 65536, window 131072); fresh
+          bits 4.001-4.010; every copy predicted right greedily but the first 8 bytes of each.
 
-Run, evaluate (copy_bits / fresh_bits in eval.json) and sample the copies back:
-  python launch.py --config=configs/long_copy.py:smoke --workdir=/tmp/long_copy_smoke
-  python launch.py --config=configs/long_copy.py:smoke --workdir=/tmp/long_copy_smoke --mode=eval
-  python benchmarks/long_copy.py --workdir=/tmp/long_copy_smoke
+Run, evaluate (copy_bits / fresh_bits per window in eval.json) and sample the copies back:
+  python launch.py --config=configs/long_copy.py:cpu --workdir=/tmp/long_copy_cpu
+  python launch.py --config=configs/long_copy.py:cpu --workdir=/tmp/long_copy_cpu --mode=eval
+  python benchmarks/long_copy.py --workdir=/tmp/long_copy_cpu --examples=1 --bytes=65536
 
-What decides whether a distance is learned in a CPU budget (docs/long_copy.md): heads of 64
-channels with rotary on all of them (fine relative positions), a window not much longer than
-the distance (each latent's attention is spread over every key of the window until it finds
-its source). Distances of 2048 and more were not learned reliably
-within 600 steps; 65536 is out of reach on a CPU.
+Why the plain model stops at ~2k bytes and what the match head changes: docs/long_copy.md and
+docs/match_heads.md.
 """
 
 from perceiver_ar_vl import config_defaults, errors
