@@ -10,6 +10,13 @@ against uncached (the uncached path reruns the whole window for each byte, so it
 
   python benchmarks/long_copy.py --workdir=/tmp/long_copy_cpu
   python benchmarks/long_copy.py --workdir=/tmp/long_copy_smoke --examples=2
+  python benchmarks/long_copy.py --workdir=/tmp/long_copy_cpu --given=8 --bytes=1024
+
+`--given=k` also gives the first k bytes of each second half in the prompt: a model that copies
+by content (an n-gram match head of length k) cannot know where a copy begins, since nothing in
+the stream marks it, so it is shown the copy's first k bytes and must produce the rest by
+finding them 65,536 bytes back. `--window=W` samples the same parameters at window W (copy
+distance W / 2, as `eval.windows` does).
 
 The last line reads
   copied K of B bytes exactly (P%); cached X bytes/s, uncached Y bytes/s
@@ -22,16 +29,17 @@ import time
 
 import numpy as np
 
-from perceiver_ar_vl import data, run_files, train_state
+from perceiver_ar_vl import data, evaluate, run_files, train_state
 from perceiver_ar_vl.sampling import sample
 
 
-def copy_prompts(dataset, window: int, examples: int, split: str):
-  """(prompts [B, P], targets [B, L - h]): the first halves h of `examples` examples of
-  `split` and their second halves. Streamed task: the first examples whose prompt fills the
-  window (their first half after the bytes before it); aligned task: examples 0..B-1, each
-  starting at the window's start."""
-  length, half = dataset.length, (dataset.length + 1) // 2
+def copy_prompts(dataset, window: int, examples: int, split: str, given: int = 0):
+  """(prompts [B, P], targets [B, L - h - given]): the first halves h of `examples` examples
+  of `split` (and the first `given` bytes of their second halves) and the rest of their second
+  halves. Streamed task: the first examples whose prompt fills the window (their first half
+  after the bytes before it); aligned task: examples 0..B-1, each starting at the window's
+  start."""
+  length, half = dataset.length, (dataset.length + 1) // 2 + given
   stream = dataset.split_bytes(split)
   first = 0 if stream.ndim == 2 else max(1, -(-(window - half) // length)) - 1
   prompts, targets = [], []
@@ -64,20 +72,25 @@ def main() -> None:
   parser.add_argument('--uncached_bytes', type=int, default=4, help='bytes timed uncached')
   parser.add_argument('--num_latents', type=int, default=0, help='0 = the training maximum')
   parser.add_argument('--split', default='validation')
+  parser.add_argument('--given', type=int, default=0, help='copy bytes given in the prompt')
+  parser.add_argument('--window', type=int, default=0, help='sample at this window (0: own)')
   args = parser.parse_args()
 
   config = run_files.read_config(args.workdir)
+  if args.window:
+    config = evaluate.at_window(config, args.window)
   if config.data.name != 'copy':
     raise SystemExit(f'error: {args.workdir} is a {config.data.name!r} run, not the copy task.')
   model, variables, step = train_state.restore_params(config, args.workdir)
   window = config.model.max_context
   dataset = data.make_dataset(config.data, window + 1, config.seed)
-  prompts_BxP, targets_BxT = copy_prompts(dataset, window, args.examples, args.split)
+  prompts_BxP, targets_BxT = copy_prompts(dataset, window, args.examples, args.split, args.given)
   length = min(args.bytes or targets_BxT.shape[1], targets_BxT.shape[1])
   n = args.num_latents or config.latents.max
   print(
     f'{args.workdir}: step {step}, window {window}, copy length {dataset.length} '
-    f'({config.data.copy_mode}), prompt {prompts_BxP.shape[1]} bytes, N = {n}, '
+    f'({config.data.copy_mode}), prompt {prompts_BxP.shape[1]} bytes ({args.given} of the '
+    f'copy), N = {n}, '
     f'sampling {length} bytes x {len(prompts_BxP)} examples greedily'
   )
 
