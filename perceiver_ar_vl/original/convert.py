@@ -243,21 +243,19 @@ def _variables(params: dict, o: dict[str, Any], model: LanguageModel) -> dict:
   return {'params': p}
 
 
-LONG_CONTEXT_DEFAULTS = {
-  'match_ngrams': (),
-  'cross_attend_rotary_fraction': -1.0,
-  'cross_attend_log_scale': False,
-}
+# Options of ours the original lacks; their defaults (config_defaults) are the original's model.
+LONG_CONTEXT_OPTIONS = ('match_ngrams', 'cross_attend_rotary_fraction', 'cross_attend_log_scale')
 
 
 def check_original_model(config: ml_collections.ConfigDict) -> None:
   """Refuses a config whose model the original cannot be: the cross-attend's long-context
   options (n-gram match heads, its own rotary share, Scalable-Softmax) have no weights or
   behaviour in google-research/perceiver-ar, so its parameters cannot fill such a model."""
+  defaults = config_defaults.base_config().model
   on = {
     key: config.model[key]
-    for key, default in LONG_CONTEXT_DEFAULTS.items()
-    if tuple(np.atleast_1d(config.model[key])) != tuple(np.atleast_1d(default))
+    for key in LONG_CONTEXT_OPTIONS
+    if tuple(np.atleast_1d(config.model[key])) != tuple(np.atleast_1d(defaults[key]))
   }
   if on:
     names = ', '.join(f'model.{k}={v!r}' for k, v in on.items())
