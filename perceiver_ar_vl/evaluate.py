@@ -226,14 +226,16 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   config_lib.validate(config)
   e = config.eval
   train_state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
-  windows = [int(w) for w in e.windows] or [int(config.model.max_context)]
-  configs = [at_window(config, w) if e.windows else config for w in windows]
+  configs = [at_window(config, w) for w in e.windows] or [config]
+  if e.windows:  # every window checked before any is scored
+    for windowed in configs:
+      config_lib.validate(windowed)
+  # The parameters do not depend on the window: read them once, build the model per window.
+  _, variables, step = train_state.restore_params(config, workdir, e.checkpoint_step)
+  rows = []
   for windowed in configs:
-    config_lib.validate(windowed)
-  rows, step = [], None
-  for windowed in configs:
-    rows_at, step = _evaluate_at(windowed, workdir)
-    rows += rows_at
+    model = config_lib.create_model(windowed)
+    rows += _evaluate_at(windowed, model, variables)
   report = {'checkpoint_step': step, 'mode': e.mode, 'max_bytes': int(e.max_bytes), 'results': rows}
   if jax.process_index() == 0:
     print(f'Checkpoint step {step}, {e.mode} evaluation:\n{format_table(rows)}')
@@ -242,12 +244,11 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   return report
 
 
-def _evaluate_at(config: Any, workdir: str) -> tuple[list[dict], int]:
-  """The result rows of every split and latent count at `config`'s window, and the step."""
+def _evaluate_at(config: Any, model: LanguageModel, variables) -> list[dict]:
+  """The result rows of every split and latent count at `config`'s window."""
   e = config.eval
   window = int(config.model.max_context)
   dataset = data.make_dataset(config.data, window=window + 1, seed=config.seed)
-  model, variables, step = train_state.restore_params(config, workdir, e.checkpoint_step)
   mesh = parallel.make_mesh()
   rows = []
   for split in e.splits:
@@ -272,4 +273,4 @@ def _evaluate_at(config: Any, workdir: str) -> tuple[list[dict], int]:
         {'split': split, 'window': window, 'num_latents': n, **result, 'seconds': seconds}
       )
       logging.info('window %d, %s, %d latents: %.4f bits/byte', window, split, n, result['bits'])
-  return rows, step
+  return rows

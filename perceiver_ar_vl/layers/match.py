@@ -221,18 +221,23 @@ class NgramMatch(nn.Module):
 
   def cached(
     self,
-    recent_BxR: jax.Array,
-    recent_ok_BxR: jax.Array,
-    codes_BxHxT: jax.Array,
-    key_ok_BxHxT: jax.Array,
-    v_BxHxTxK: jax.Array,
+    query_codes_BxG: jax.Array,
+    query_ok_BxG: jax.Array,
+    codes_BxGxT: jax.Array,
+    key_ok_BxGxT: jax.Array,
+    v_BxGxTxK: jax.Array,
   ) -> jax.Array:
-    """Output [B, 1, D] of one query whose last bytes are `recent` (the newest last), over
-    cached key codes and values (heads-major); `key_ok` marks the keys it may match."""
+    """Output [B, 1, D] of one query with code `query_codes` per head (valid where
+    `query_ok`), over cached key codes and values (heads-major); `key_ok` marks the keys it
+    may match."""
     outs = []
-    for h, (code_BxR, ok_BxR) in enumerate(self.codes(recent_BxR, recent_ok_BxR)):
-      match_BxT = (codes_BxHxT[:, h] == code_BxR[:, -1:]) & key_ok_BxHxT[:, h] & ok_BxR[:, -1:]
+    for h in range(len(self.ngrams)):
+      match_BxT = (
+        (codes_BxGxT[:, h] == query_codes_BxG[:, h, None])
+        & key_ok_BxGxT[:, h]
+        & query_ok_BxG[:, h, None]
+      )
       weights_BxT = match_BxT.astype(jnp.float32)
-      sum_BxK = jnp.einsum('bt,btk->bk', weights_BxT, v_BxHxTxK[:, h].astype(jnp.float32))
+      sum_BxK = jnp.einsum('bt,btk->bk', weights_BxT, v_BxGxTxK[:, h].astype(jnp.float32))
       outs.append(_normalise(sum_BxK, weights_BxT.sum(-1), self.strength[h]))
     return self.out(jnp.stack(outs, axis=1)[:, None].astype(self.dtype))

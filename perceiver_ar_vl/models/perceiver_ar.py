@@ -281,17 +281,20 @@ class PerceiverAR(LanguageModel):
     recent_BxR = jnp.concatenate([cache.recent[:, 1:], token_B[:, None].astype(jnp.int32)], 1)
     recent_ok_BxR = recent_BxR >= 0
     slot = (context_len - 1) % window
-    new_codes_BxGx1 = jnp.stack(
-      [code_BxR[:, -2:-1] for code_BxR, _ in self.match.codes(recent_BxR, recent_ok_BxR)], 1
-    )
+    # Per head, the n-gram codes ending at each recent byte: the new key's code is the one
+    # ending just before it, the query's the one ending at it.
+    codes, oks = zip(*self.match.codes(recent_BxR, recent_ok_BxR), strict=True)
+    codes_BxGxR, oks_BxGxR = jnp.stack(codes, 1), jnp.stack(oks, 1)
     codes_BxGxM = jax.lax.dynamic_update_slice_in_dim(
-      cache.match_codes, new_codes_BxGx1, slot, axis=2
+      cache.match_codes, codes_BxGxR[:, :, -2:-1], slot, axis=2
     )
     v_BxGxMxK = kv_cache.ring_write(cache.match_v, self.match.values(x_Bx1xD), context_len)
     key_ok_BxGxM = perceiver_ar_cache.match_keys_usable(
       context_len, batch, window, self.match_ngrams
     )
-    out_Bx1xD = self.match.cached(recent_BxR, recent_ok_BxR, codes_BxGxM, key_ok_BxGxM, v_BxGxMxK)
+    out_Bx1xD = self.match.cached(
+      codes_BxGxR[:, :, -1], oks_BxGxR[:, :, -1], codes_BxGxM, key_ok_BxGxM, v_BxGxMxK
+    )
     return out_Bx1xD, (codes_BxGxM, v_BxGxMxK, recent_BxR)
 
   @nn.nowrap
