@@ -36,6 +36,12 @@ def kernel_env(tmp_path, monkeypatch):
   workdir = tmp_path / 'workdir'
   monkeypatch.setenv('QUICKSTART_WORKDIR', str(workdir))
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  # One CPU device, as on a user's laptop: the suite's two simulated devices would make the
+  # kernel a third process whose cross-device all-reduces wait on 2 busy cores, and XLA:CPU
+  # aborts a collective whose threads do not meet within 40 s ("Kernel died", seen in 2 of 3
+  # full runs on 2026-12-07). The multi-device paths are tested in-process elsewhere.
+  flags = [f for f in os.environ.get('XLA_FLAGS', '').split() if 'device_count' not in f]
+  monkeypatch.setenv('XLA_FLAGS', ' '.join([*flags, '--xla_force_host_platform_device_count=1']))
   # Reuse the test session's compilation cache (conftest.py), read by JAX from the environment.
   for name, value in compilation_cache_env().items():
     monkeypatch.setenv(name, value)
