@@ -1,9 +1,13 @@
 """Entry point: flags -> config -> train / eval / sample. The library does the work.
 
   python launch.py --config=configs/curriculum.py:smoke --workdir=/tmp/x
-  python launch.py --config=configs/curriculum.py:smoke --workdir=/tmp/x --mode=eval
-  python launch.py --config=configs/curriculum.py:smoke --workdir=/tmp/x --mode=sample
+  python launch.py --workdir=/tmp/x --mode=eval
+  python launch.py --workdir=/tmp/x --mode=sample --config.sample.prompt='The '
 Overrides: --config.train.steps=100 --config.data.path=FILE ...
+
+Eval and sample read the config the run saved in the workdir (`workdir_config`); overrides
+may then change only eval.*, sample.* and compile_cache_dir. With --config they use that
+config instead, as training does.
 
 JAX's own flags work too (--jax_log_compiles, --jax_debug_nans, ...). A user error (a bad
 flag, config value, path, data file or checkpoint) prints one line `error: <what is wrong and
@@ -30,9 +34,12 @@ flags.DEFINE_bool(
   'SLURM/TPU/MPI clusters, or uses the three flags above).',
 )
 config_flags.DEFINE_config_file(
-  'config', None, 'Config file, e.g. configs/curriculum.py:smoke.', lock_config=True
+  'config',
+  None,
+  "Config file, e.g. configs/curriculum.py:smoke (eval and sample: the workdir's by default).",
+  lock_config=True,
 )
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 
@@ -45,14 +52,20 @@ def main(argv):
       '--num_processes and --process_id need --coordinator_address=host:port of process 0 '
       '(or --distributed, which detects it on SLURM, Open MPI and Cloud TPU).'
     )
+  if FLAGS.config is None:
+    raise errors.UserError(
+      '--config is needed to train, e.g. --config=configs/curriculum.py:smoke (--mode=eval '
+      'and --mode=sample read the config saved in --workdir).'
+    )
   # Imported here: flags are parsed first.
   from perceiver_ar_vl import config_lib
 
   config = config_lib.validate(FLAGS.config)  # bad settings stop here, before JAX is imported
-  from perceiver_ar_vl import parallel
+  from perceiver_ar_vl import parallel, runtime
   from perceiver_ar_vl.training import metrics
 
   metrics.quiet_orbax_logs()
+  runtime.enable_compilation_cache(config.compile_cache_dir)
 
   if FLAGS.distributed or FLAGS.coordinator_address:
     parallel.initialize_distributed(
@@ -97,4 +110,7 @@ def sample(config, workdir: str) -> str:
 
 
 if __name__ == '__main__':
+  from perceiver_ar_vl import workdir_config
+
+  sys.argv = workdir_config.complete_argv(sys.argv)
   errors.run(main)

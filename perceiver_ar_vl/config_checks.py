@@ -1,5 +1,6 @@
-"""Checks of the model section of a config, and of single settings, with one-line errors
-that say what to change (`config_lib.validate` runs them; no JAX is imported)."""
+"""Checks of the model section of a config, of the run's tooling settings (profiling, the
+compilation cache) and of single settings, with one-line errors that say what to change
+(`config_lib.validate` runs them; no JAX is imported)."""
 
 from __future__ import annotations
 
@@ -69,4 +70,21 @@ def _validate_long_context(m: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
       f'model.cross_attend_rotary_fraction={m.cross_attend_rotary_fraction} must be in '
       '[0, 1], or -1 for model.rotary_fraction.'
+    )
+
+
+def validate_tooling(config: ml_collections.ConfigDict) -> None:
+  """`train.profile_steps` (empty, or (first, last) steps within the run) and
+  `compile_cache_dir` ('auto', '' or a directory)."""
+  t = config.train
+  span = tuple(t.profile_steps)
+  if span and (len(span) != 2 or not 1 <= span[0] <= span[1] <= t.steps):
+    raise errors.UserError(
+      f'train.profile_steps={span} must be () or (first, last) with 1 <= first <= last <= '
+      f'train.steps={t.steps}, e.g. --config.train.profile_steps="(10,12)".'
+    )
+  if not isinstance(config.compile_cache_dir, str):
+    raise errors.UserError(
+      f'compile_cache_dir={config.compile_cache_dir!r} must be a directory, "auto" (a cache '
+      'per user) or "" (no cache).'
     )

@@ -15,6 +15,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'base'
   c.seed = 0
+  # JAX's persistent compilation cache: 'auto' = one per user ($XDG_CACHE_HOME or ~/.cache,
+  # /perceiver_ar_vl/jax; a directory set through JAX's own --jax_compilation_cache_dir or
+  # JAX_COMPILATION_CACHE_DIR wins), '' = off, else that directory.
+  c.compile_cache_dir = 'auto'
 
   c.model = ml_collections.ConfigDict()
   c.model.type = (
@@ -115,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3  # newest checkpoints kept
   c.train.eval_every = 5_000  # validation bits per byte during training; 0 = only at the end
   c.train.eval_max_bytes = 200_000  # bytes of validation scored during training
+  # (first, last): a jax.profiler trace of those steps (counted from 1) in <workdir>/profile,
+  # for TensorBoard's profile tab or Perfetto; () = none.
+  c.train.profile_steps = ()
   c.train.wandb = False  # Weights & Biases logging; imported only when True
   c.train.wandb_project = 'perceiver_ar_vl'
   # The copy curriculum counts fractions of the run: data.copy_length_total_steps follows

@@ -201,6 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if split not in config_choices.SPLITS:
       raise errors.UserError(f'eval.splits holds {split!r}; choose from {config_choices.SPLITS}.')
   config_checks.validate_model(config)
+  config_checks.validate_tooling(config)
   latents.validate_strategy(
     lat.strategy, lat.min, lat.max, lat.buckets, lat.schedule, max_context=m.max_context
   )

@@ -31,6 +31,7 @@ from perceiver_ar_vl import (
   config_lib,
   copy_metrics,
   data,
+  eval_report,
   eval_windows,
   losses,
   parallel,
@@ -41,6 +42,7 @@ from perceiver_ar_vl import (
 from perceiver_ar_vl.eval_windows import block_windows as block_windows
 from perceiver_ar_vl.eval_windows import window_ends as window_ends
 from perceiver_ar_vl.models.base import LanguageModel
+from perceiver_ar_vl.training import metrics
 
 
 @functools.lru_cache(maxsize=32)
@@ -68,6 +70,7 @@ def _score_fn(model: LanguageModel, num_latents: int, num_bins: int = 0):
 
 
 FLUSH_EVERY = 64  # evaluation batches whose sums are added on the device before one transfer
+PROGRESS_SECONDS = 10.0  # a long evaluation logs how far it is at most this often
 
 
 def position_ranges(context: int, num_latents: int, parts: int = 4) -> list[tuple[int, int]]:
@@ -88,6 +91,7 @@ def bits_per_byte(
   mode: str = 'blocks',
   mesh=None,
   source_distances: np.ndarray | None = None,
+  label: str = '',
 ) -> dict[str, Any]:
   """Mean next-byte cross-entropy of `stream` in bits and nats, every target scored once.
 
@@ -95,7 +99,8 @@ def bits_per_byte(
   (`eval_windows`: the aligned copy task). `max_bytes` > 0 scores only the first `max_bytes`
   bytes. `source_distances` (int, shaped as `stream`; 0 = a byte with no copy source) adds
   the copy task's `copy_metrics` (copy_bits, fresh_bits, bits_by_distance, ...). Runs data
-  parallel over `mesh`.
+  parallel over `mesh`. An evaluation that runs longer than PROGRESS_SECONDS logs, that often,
+  how many windows of `label` are scored and when it should end.
   """
   context = model.max_context
   if not 1 <= num_latents <= context:
@@ -124,16 +129,28 @@ def bits_per_byte(
   totals = [np.zeros(num_latents), np.zeros(num_latents)] + [np.zeros(num_bins) for _ in range(3)]
   pending = []
   windows = len(plan.ends)
+  began = last_log = time.perf_counter()
   for start in range(0, windows, batch):
     chunk = eval_windows.padded_batch(
       plan, context, per_window, num_latents, start, batch, bins=bins
     )
     pending.append(score(variables, *(parallel.global_batch(a[rows], mesh) for a in chunk)))
-    if len(pending) == FLUSH_EVERY or start + batch >= windows:
+    due = time.perf_counter() - last_log >= PROGRESS_SECONDS  # read the device, then report
+    if len(pending) == FLUSH_EVERY or start + batch >= windows or due:
       sums = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
       for total, part in zip(totals, sums, strict=False):
         total += np.asarray(part, np.float64)
       pending = []
+    if due and start + batch < windows:
+      last_log, done = time.perf_counter(), start + batch
+      logging.info(
+        'Evaluating %s: %d of %d windows, %.0f s, about %.0f s left.',
+        label or f'{num_latents} latents',
+        done,
+        windows,
+        last_log - began,
+        (last_log - began) * (windows - done) / done,
+      )
   nats_N, count_N, nats_K, count_K, right_K = totals
   total_count = count_N.sum()
   if int(round(total_count)) != plan.num_targets:
@@ -165,33 +182,6 @@ def default_num_latents(config: Any) -> int:
 def latent_counts_to_score(config: Any) -> list[int]:
   """`eval.num_latents` (default: the training maximum) and the sweep, sorted, unique."""
   return sorted({default_num_latents(config), *(int(n) for n in config.eval.latents_sweep)})
-
-
-def format_table(rows: list[dict]) -> str:
-  """A markdown table of evaluation rows (with copy / fresh bits on the copy task, and a
-  window column when the rows come from several windows)."""
-  copy = bool(rows) and all(
-    r.get('copy_bits') is not None and r.get('fresh_bits') is not None for r in rows
-  )
-  windows = len({r.get('window') for r in rows}) > 1
-  extra = ' copy bits | fresh bits |' if copy else ''
-  lines = [
-    f'| split |{" window |" if windows else ""} latents | bits/byte |{extra} targets | '
-    'seconds (incl. compile) |',
-    '|---|'
-    + ('---:|' if windows else '')
-    + '---:|---:|'
-    + ('---:|---:|' if copy else '')
-    + '---:|---:|',
-  ]
-  for r in rows:
-    kinds = f' {r["copy_bits"]:.4f} | {r["fresh_bits"]:.4f} |' if copy else ''
-    window = f' {r["window"]} |' if windows else ''
-    lines.append(
-      f'| {r["split"]} |{window} {r["num_latents"]} | {r["bits"]:.4f} |{kinds} '
-      f'{r["num_targets"]} | {r["seconds"]:.1f} |'
-    )
-  return '\n'.join(lines)
 
 
 def at_window(config: Any, window: int) -> Any:
@@ -238,9 +228,10 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
     rows += _evaluate_at(windowed, model, variables)
   report = {'checkpoint_step': step, 'mode': e.mode, 'max_bytes': int(e.max_bytes), 'results': rows}
   if jax.process_index() == 0:
-    print(f'Checkpoint step {step}, {e.mode} evaluation:\n{format_table(rows)}')
+    print(f'Checkpoint step {step}, {e.mode} evaluation:\n{eval_report.format_table(rows)}')
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump(report, f, indent=2)
+  metrics.write_tensorboard(workdir, step, eval_report.tensorboard_scalars(rows, e.mode))
   return report
 
 
@@ -265,6 +256,7 @@ def _evaluate_at(config: Any, model: LanguageModel, variables) -> list[dict]:
         mode=e.mode,
         mesh=mesh,
         source_distances=dataset.source_distances(split),
+        label=f'window {window}, {split}, {n} latents',
       )
       seconds = time.perf_counter() - start
       if config.data.name == 'recall':  # its "copies" are the queries' values

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from perceiver_ar_vl import parallel
-from perceiver_ar_vl.training import host_loop
+from perceiver_ar_vl.training import host_loop, progress
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_device_ints_transfer_each_value_once():
 
 def test_a_non_finite_loss_names_the_last_good_checkpoint(tmp_path):
   good = [{'step': 1, 'loss': 2.0}]
-  host_loop.check_finite(good, str(tmp_path), last_saved=0)
-  with pytest.raises(host_loop.NonFiniteLossError, match=r'step 2.*last good checkpoint \(step 1'):
-    host_loop.check_finite([*good, {'step': 2, 'loss': float('nan')}], str(tmp_path), 1)
+  progress.check_finite(good, str(tmp_path), last_saved=0)
+  with pytest.raises(progress.NonFiniteLossError, match=r'step 2.*last good checkpoint \(step 1'):
+    progress.check_finite([*good, {'step': 2, 'loss': float('nan')}], str(tmp_path), 1)
   with pytest.raises(FloatingPointError, match='No checkpoint was saved before'):
-    host_loop.check_finite([{'step': 1, 'loss': float('inf')}], str(tmp_path), 0)
+    progress.check_finite([{'step': 1, 'loss': float('inf')}], str(tmp_path), 0)

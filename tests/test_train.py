@@ -17,7 +17,7 @@ import pytest
 from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env, tiny_config
 
 from perceiver_ar_vl import checkpoints, latents, parallel, run_files, train_state, training
-from perceiver_ar_vl.training import host_loop, run
+from perceiver_ar_vl.training import host_loop, progress, run
 
 
 def losses_by_step(workdir):
@@ -99,7 +99,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   monkeypatch.setattr(train_state, 'make_optimizer', poisoned_optimizer)
   config = tiny_config('fixed', steps=20)
   config.train.checkpoint_every = 4
-  with pytest.raises(host_loop.NonFiniteLossError, match='last good checkpoint'):
+  with pytest.raises(progress.NonFiniteLossError, match='last good checkpoint'):
     training.train(config, str(tmp_path))
   assert checkpoints.manager(str(tmp_path)).latest_step() == 4
 
@@ -188,7 +188,7 @@ def test_the_loop_reads_nothing_from_the_device_between_logs(tmp_path, monkeypat
   config = tiny_config('uniform', steps=10)
   config.train.update(log_every=5, checkpoint_every=10)
   pending, fetches = [0], []  # steps added since the last flush; their count at each flush
-  real_add = host_loop.MetricLog.add
+  real_add = progress.MetricLog.add
 
   def counting_add(self, *args):
     pending[0] += 1
@@ -204,8 +204,8 @@ def test_the_loop_reads_nothing_from_the_device_between_logs(tmp_path, monkeypat
 
     return wrapped
 
-  monkeypatch.setattr(host_loop.MetricLog, 'add', counting_add)
-  monkeypatch.setattr(host_loop.MetricLog, 'flush', allowed(host_loop.MetricLog.flush, True))
+  monkeypatch.setattr(progress.MetricLog, 'add', counting_add)
+  monkeypatch.setattr(progress.MetricLog, 'flush', allowed(progress.MetricLog.flush, True))
   monkeypatch.setattr(checkpoints, 'save', allowed(checkpoints.save))
   # The final validation scores on the device (run.validation_metrics); the rest is host work.
   monkeypatch.setattr(run, 'validation_metrics', allowed(run.validation_metrics))

@@ -1,7 +1,7 @@
 """The host side of a training run: one compiled train step per latent bucket (compiled
-ahead), batches put on the device ahead of their step, step metrics kept on the device until
-a flush (with the NaN guard), and the SIGTERM/SIGINT stop that every process agrees on.
-`training.run.train` strings these together; each piece is usable (and tested) alone.
+ahead), batches put on the device ahead of their step, and the SIGTERM/SIGINT stop that every
+process agrees on (what it reports: `training.progress`). `training.run.train` strings these
+together; each piece is usable (and tested) alone.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,15 +19,10 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from perceiver_ar_vl import checkpoints, latents, parallel
+from perceiver_ar_vl import parallel
 from perceiver_ar_vl.train_state import TrainState
-from perceiver_ar_vl.training import metrics
 from perceiver_ar_vl.training.step import bucket_step
 from perceiver_ar_vl.windows import row_length
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
 
 
 class StopSignal:
@@ -234,76 +228,3 @@ class DeviceInts:
     if value not in self._arrays:
       self._arrays[value] = jax.device_put(np.int32(value), self._sharding)
     return self._arrays[value]
-
-
-class MetricLog:
-  """Step metrics stay on device until `flush` (every log_every steps and before each save),
-  which checks them for NaN, writes them and logs the last with the window's throughput."""
-
-  def __init__(self, writer: metrics.MetricWriter, config: ml_collections.ConfigDict, workdir: str):
-    self._writer, self._config, self._workdir = writer, config, workdir
-    self._pending: list[tuple[int, int, int, dict]] = []
-    self._start, self._steps, self._tokens = time.perf_counter(), 0, 0.0
-
-  def add(self, step: int, n: int, bucket: int, device_metrics: dict) -> None:
-    self._pending.append((step, n, bucket, device_metrics))
-    self._steps += 1
-    self._tokens += self._config.train.batch_size * n
-
-  def flush(self, last_saved: int) -> None:
-    records = []
-    fetched = jax.device_get([device_metrics for *_, device_metrics in self._pending])
-    for (step, n, bucket, _), host_metrics in zip(self._pending, fetched, strict=True):
-      r = {k: float(v) for k, v in host_metrics.items()}
-      waste = latents.padding_waste(n, self._config.latents.buckets)  # slots per active latent
-      records.append(
-        {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
-      )
-    self._pending.clear()
-    check_finite(records, self._workdir, last_saved)
-    elapsed = max(time.perf_counter() - self._start, 1e-9)
-    steps_per_sec, tokens_per_sec = self._steps / elapsed, self._tokens / elapsed
-    for r in records:
-      self._writer.write(
-        r['step'],
-        {
-          **{k: v for k, v in r.items() if k != 'step'},
-          'steps_per_sec': steps_per_sec,
-          'target_tokens_per_sec': tokens_per_sec,
-        },
-      )
-    if records:
-      r, total = records[-1], self._config.train.steps
-      eta = (total - r['step']) / max(steps_per_sec, 1e-9)
-      logging.info(
-        'step %d/%d  loss %.4f  bpb %.3f  N %d  B %d  %.2f steps/s  %.0f tok/s  ETA %s',
-        r['step'],
-        total,
-        r['loss'],
-        r['bits_per_byte'],
-        r['num_latents'],
-        r['bucket'],
-        steps_per_sec,
-        tokens_per_sec,
-        metrics.format_duration(eta),
-      )
-    self._start, self._steps, self._tokens = time.perf_counter(), 0, 0.0
-
-  def write(self, step: int, scalars: dict[str, float]) -> None:
-    """Writes `scalars` (e.g. validation bits) at `step` at once."""
-    self._writer.write(step, scalars)
-
-
-def check_finite(records: list[dict], workdir: str, last_saved: int) -> None:
-  for r in records:
-    if not np.isfinite(r['loss']):
-      kept = (
-        f'The last good checkpoint (step {last_saved}) is kept in '
-        f'{checkpoints.checkpoint_dir(workdir)}.'
-        if last_saved
-        else 'No checkpoint was saved before.'
-      )
-      raise NonFiniteLossError(
-        f'Loss is {r["loss"]} at step {r["step"]}; training stopped. {kept} Lower '
-        f'train.learning_rate, raise train.warmup_steps or use model.dtype=float32.'
-      )

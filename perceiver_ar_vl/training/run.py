@@ -35,6 +35,7 @@ from perceiver_ar_vl import (
   latents,
   parallel,
   run_files,
+  runtime,
   train_state,
   windows,
 )
@@ -45,10 +46,10 @@ from perceiver_ar_vl.training.host_loop import (
   CompiledSteps,
   DeviceBatches,
   DeviceInts,
-  MetricLog,
   StopSignal,
   StopVote,
 )
+from perceiver_ar_vl.training.progress import MetricLog, StepProfiler
 
 
 def validation_metrics(config, model, params, dataset, mesh) -> dict[str, float]:
@@ -104,6 +105,7 @@ class _Run:
   mesh: Mesh
   dataset: data.ByteDataset
   mngr: Any  # orbax CheckpointManager
+  workdir: str
 
 
 def _resume_or_start(run: _Run, workdir: str) -> tuple[TrainState, int]:
@@ -116,6 +118,34 @@ def _resume_or_start(run: _Run, workdir: str) -> tuple[TrainState, int]:
   state, step = checkpoints.restore_newest_intact(run.mngr, abstract_state)
   logging.info('Resumed from step %d in %s.', step, workdir)
   return state, step
+
+
+def unused_settings(config: ml_collections.ConfigDict) -> list[str]:
+  """Notices for the train settings that this run cannot use as written (a warmup longer
+  than the run, logs or saves spaced wider than it): each says what happens instead."""
+  t, found = config.train, []
+  if t.warmup_steps > max(t.steps - 1, 0):
+    found.append(
+      f'train.warmup_steps={t.warmup_steps} is not shorter than the run (train.steps='
+      f'{t.steps}): the learning rate warms up over {max(t.steps - 1, 0)} steps instead.'
+    )
+  for key, what in (('log_every', 'progress is logged'), ('checkpoint_every', 'it is saved')):
+    if t[key] > t.steps:
+      found.append(f'train.{key}={t[key]} > train.steps={t.steps}: {what} at the end only.')
+  if t.eval_every >= t.steps:
+    found.append(
+      f'train.eval_every={t.eval_every} >= train.steps={t.steps}: validation runs at the end only.'
+    )
+  return found
+
+
+def _start_report(run: _Run, state: TrainState, cache_dir: str | None) -> None:
+  """Logs (process 0) what is running and the settings this run does not use as written."""
+  if jax.process_index() != 0:
+    return
+  logging.info('%s', runtime.startup_report(run.config, state.params, cache_dir))
+  for notice in unused_settings(run.config):
+    logging.warning('%s', notice)
 
 
 def train(
@@ -134,9 +164,15 @@ def train(
   'train_seconds' (wall-clock of every invocation on this workdir, summed) and, once the run
   is finished, 'validation_bits'. It is also written to `train_summary.json`. Re-running a
   finished run returns at once (it only scores validation if a kill prevented that before).
+
+  Called from a notebook or a script, it logs its progress through absl at INFO level
+  (`runtime.show_info_logs`) and compiles through JAX's persistent cache
+  (`compile_cache_dir`).
   """
   started = time.perf_counter()
   config_lib.validate(config)
+  runtime.show_info_logs()
+  cache_dir = runtime.enable_compilation_cache(config.compile_cache_dir)
   t = config.train
   mesh = parallel.make_mesh()
   _check_batch(t, mesh)
@@ -145,12 +181,13 @@ def train(
 
   _warn_unfinished_saves(workdir)
   mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints, remove_unfinished=True)
-  run = _Run(config, model, mesh, dataset, mngr)
+  run = _Run(config, model, mesh, dataset, mngr, workdir)
   steps = CompiledSteps(config, model, mesh, train_state.make_optimizer(t)[1])
   writer = None
   try:
     with StopSignal() as stop:  # from here on, a signal ends in a checkpoint
       state, start_step = _resume_or_start(run, workdir)
+      _start_report(run, state, cache_dir)
       run_files.write_config(
         config, workdir
       )  # after a restore: a mismatched config leaves the old one
@@ -196,7 +233,8 @@ def _train_steps(
 
   The host never waits for the device between logs: the buckets are compiled before the first
   step, batches reach the device ahead of their step (DeviceBatches) and metrics are read
-  once per log_every steps (MetricLog)."""
+  once per log_every steps (MetricLog), which times the steps apart from compiling, saving
+  and validating."""
   config, mesh = run.config, run.mesh
   t = config.train
   base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), parallel.replicated(mesh))
@@ -204,16 +242,22 @@ def _train_steps(
   host_batches = run.dataset.train_batches(
     start_step, t.steps, t.batch_size, config.seed, jax.process_index(), jax.process_count()
   )
+  profiler = StepProfiler(tuple(t.profile_steps), run.workdir)
   last_saved = start_step
   with DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
     ahead = windows.windows_ahead(config, start_step)  # [M] without a window curriculum
-    steps.compile_ahead(latents.buckets_ahead(config, start_step), state, base_rng, ahead)
+    buckets = latents.buckets_ahead(config, start_step)
+    with log.paused('compile') as compiling:
+      steps.compile_ahead(buckets, state, base_rng, ahead)
+    logging.info('Compiled %d train steps in %.1f s.', len(buckets) * len(ahead), compiling.seconds)
     for step in range(start_step, t.steps):
       n = latents.latent_count(config, step)
       bucket = latents.bucket_for(n, config.latents.buckets)
       step_fn = steps(bucket, windows.window_at(config, step))
-      state, device_metrics = step_fn(state, next(batches), latent_counts(n), base_rng)
       done = step + 1
+      with profiler.step(done):
+        state, device_metrics = step_fn(state, next(batches), latent_counts(n), base_rng)
+      profiler.after(done, device_metrics)
       log.add(done, n, bucket, device_metrics)
       if after_step is not None:
         after_step(done)
@@ -222,13 +266,17 @@ def _train_steps(
         log.flush(last_saved)
       if done % t.checkpoint_every == 0 or done == t.steps or stop:
         log.flush(last_saved)  # never checkpoint a state whose loss was not checked
-        checkpoints.save(run.mngr, done, state)
+        with log.paused('checkpoint'):
+          checkpoints.save(run.mngr, done, state)
         last_saved = done
       if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-        log.write(done, validation_metrics(config, run.model, state.params, run.dataset, mesh))
+        with log.paused() as scoring:
+          found = validation_metrics(config, run.model, state.params, run.dataset, mesh)
+        log.write(done, {**found, 'eval_seconds': scoring.seconds})
       if stop:
         logging.warning('Stopping after step %d (%s): saved step %d, exiting.', done, stop, done)
         break
+    profiler.after(t.steps, state)  # a stop inside the traced steps
   return state, last_saved
 
 
