@@ -120,3 +120,25 @@ def embedding_influence(apply_fn, length: int, d_model: int) -> np.ndarray:
     jnp.zeros((1, length, d_model))
   )[:, 0]
   return np.abs(np.asarray(jacobian_SxMxD)).sum(-1)
+
+
+def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of every scalar in the TensorBoard event files in `logdir`
+  (TFRecord framing: length, its CRC, an Event proto, its CRC)."""
+  import glob
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  found: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(glob.glob(os.path.join(str(logdir), 'events.out.tfevents.*'))):
+    with open(path, 'rb') as f:
+      data = f.read()
+    at = 0
+    while at + 12 <= len(data):
+      (length,) = struct.unpack('<Q', data[at : at + 8])
+      event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        found.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return found

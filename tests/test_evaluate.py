@@ -3,6 +3,7 @@ scored once, against a slow reference; separate examples scored in their own win
 task's copy / fresh bits against a numpy reference."""
 
 import json
+import logging
 import math
 import os
 
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import tensorboard_scalars, tiny_config
 
 from perceiver_ar_vl import data, eval_windows, evaluate, models, run_files, sampling, training
 from perceiver_ar_vl.models.base import LanguageModel
@@ -86,6 +87,18 @@ def test_bits_per_byte_matches_slow_per_target_reference(tiny_model, n, mode):
   assert got['bits_by_position'] == pytest.approx(want_by_position, rel=1e-5)
 
 
+def test_a_long_evaluation_says_how_far_it_is(tiny_model, monkeypatch, caplog):
+  model, params = tiny_model
+  stream = np.random.default_rng(1).integers(0, 256, 100).astype(np.uint8)
+  quiet = evaluate.bits_per_byte(model, params, stream, num_latents=4, batch_size=2)
+  monkeypatch.setattr(evaluate, 'PROGRESS_SECONDS', 0.0)  # every batch is "long"
+  caplog.set_level(logging.INFO, logger='absl')
+  loud = evaluate.bits_per_byte(model, params, stream, num_latents=4, batch_size=2, label='x')
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Evaluating x')]
+  assert lines[0].startswith('Evaluating x: 2 of 25 windows,') and len(lines) == 12
+  assert loud['bits'] == pytest.approx(quiet['bits'], rel=1e-6)  # read more often, same sums
+
+
 def test_max_bytes_limits_the_scored_prefix(tiny_model):
   model, params = tiny_model
   stream = np.random.default_rng(1).integers(0, 256, 100).astype(np.uint8)
@@ -126,12 +139,20 @@ def test_eval_after_restore_reproduces_the_logged_validation_figure(tmp_path, ca
   with open(os.path.join(tmp_path, 'eval.json')) as f:
     assert json.load(f)['checkpoint_step'] == 8
   assert '| validation | 32 |' in capsys.readouterr().out
+  curves = tensorboard_scalars(tmp_path / 'tensorboard')  # beside the training curves
+  (point,) = curves['eval_blocks/test/latents_4/bits_per_byte']
+  assert point == (8, pytest.approx(rows['test', 4]['bits'], rel=1e-6))
+  assert curves['eval_blocks/validation/latents_32/copy_bits'][0][0] == 8
+  assert 'loss' in curves
 
   # Several windows in one evaluation: the copy task's examples follow each window.
   config.eval.update(windows=(24, 32), latents_sweep=(), splits=('validation',))
   report = evaluate.evaluate(config, str(tmp_path))
   assert [(r['window'], r['num_targets']) for r in report['results']] == [(24, 47), (32, 63)]
   assert '| validation | 24 | 16 |' in capsys.readouterr().out  # a window column
+  assert 'eval_blocks/validation/window_24/latents_16/bits_per_byte' in tensorboard_scalars(
+    tmp_path / 'tensorboard'
+  )
   assert report['results'][1]['bits'] != report['results'][0]['bits']
 
   text = sampling.sample_from_workdir(config, str(tmp_path))

@@ -28,13 +28,15 @@ class Case:
 
   `args` may hold {data} (a folder of small text files), {workdir} (a fresh, empty workdir)
   and {run} (the trained tiny run's workdir). launch.py cases get `--config` (unless given),
-  `--workdir={workdir}` (unless given) and helpers.TINY_LAUNCH_ARGS before `args`.
+  `--workdir={workdir}` (unless given) and helpers.TINY_LAUNCH_ARGS before `args`; with
+  `as_typed` only `--workdir` is added, as a user types eval and sample for a workdir.
   """
 
   args: tuple[str, ...]
   phrase: str  # must appear in the `error: ...` line
   module: str = ''  # '' = launch.py
   interpreter_flags: tuple[str, ...] = ()  # for python itself, e.g. ('-X', 'importtime')
+  as_typed: bool = False
 
   @property
   def needs_run(self) -> bool:
@@ -144,6 +146,19 @@ CASES = {
     '--config.model.mlp_dim=32',
     phrase='params/cross_attend/mlp/fc_in/bias has shape (16,) there but (32,)',
   ),
+  # Eval and sample from the workdir's config.json (no --config).
+  'eval_workdir_changes_model': Case(
+    ('--mode=eval', '--workdir={run}', '--config.model.d_model=32'),
+    '--config.model.d_model: ',
+    as_typed=True,
+  ),
+  'sample_workdir_changes_data': Case(
+    ('--mode=sample', '--workdir={run}', '--config.data.copy_length=8'),
+    '--config.data.copy_length: ',
+    as_typed=True,
+  ),
+  'eval_workdir_without_config_json': Case(('--mode=eval',), 'No config.json in', as_typed=True),
+  'train_without_config': Case((), '--config is needed to train', as_typed=True),
   # The experiment runner.
   'experiments_unknown_run': Case(
     ('--out={workdir}', '--runs=fixed_256,bogus'), "unknown run 'bogus'", EXPERIMENTS
@@ -170,6 +185,13 @@ OTHER_RUNS = {
     interpreter_flags=('-X', 'importtime'),
   ),
   'jax_log_compiles': launch('--config.train.steps=2', '--jax_log_compiles', phrase=''),
+  # The trained run's model overrides (TINY_LAUNCH_ARGS) come from its config.json.
+  'eval_from_workdir': Case(
+    ('--mode=eval', '--workdir={run}', '--config.eval.splits=("test",)'), '', as_typed=True
+  ),
+  'sample_from_workdir': Case(
+    ('--mode=sample', '--workdir={run}', '--config.sample.prompt=abc'), '', as_typed=True
+  ),
 }
 
 # A config file whose training function has a bug: not a user error, so a traceback.
@@ -193,6 +215,9 @@ def command(case: Case, data: str, workdir: str, run: str) -> list[str]:
   args = [a.format(data=data, workdir=workdir, run=run) for a in case.args]
   if case.module:
     python, *rest = launch_command(*args, module=case.module)
+  elif case.as_typed:
+    given = any(a.startswith('--workdir') for a in args)
+    python, *rest = launch_command(*args, *([] if given else [f'--workdir={workdir}']))
   else:
     names = {a.split('=', 1)[0] for a in args}
     config = [a for a in args if a.startswith('--config=')] or [SMOKE]  # must come first
@@ -294,6 +319,16 @@ def test_jax_flags_are_accepted(results):
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Finished tracing' in result.stderr or 'Compiling' in result.stderr
   assert 'step 2/2' in result.stderr
+
+
+def test_eval_and_sample_read_the_workdirs_config(results):
+  """The run was trained with model overrides (helpers.TINY_LAUNCH_ARGS) that these commands
+  do not repeat: without its config.json they would restore into the default model."""
+  evaluated, sampled = results['eval_from_workdir'], results['sample_from_workdir']
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert '| test | 16 |' in evaluated.stdout, evaluated.stdout  # latents.max=16 of the run
+  assert sampled.returncode == 0, sampled.stderr[-3000:]
+  assert sampled.stdout.startswith('abc') and len(sampled.stdout.rstrip('\n')) == 3 + 4
 
 
 def test_a_failed_resume_keeps_the_runs_config(results, trained_launch_run):

@@ -1,0 +1,154 @@
+"""Pins what a run reports while it runs (training/progress.py, runtime.py): throughput timed
+over training steps only, the settings a run does not use as written, the profiler trace,
+the startup report, the compilation cache setting and the W&B run id of a workdir."""
+
+import gzip
+import json
+import os
+
+import jax
+import pytest
+from helpers import tensorboard_scalars, tiny_config
+
+from perceiver_ar_vl import config_lib, run_files, runtime, training
+from perceiver_ar_vl.training import metrics, progress, run
+
+
+class FakeClock:
+  def __init__(self):
+    self.now = 100.0
+
+  def __call__(self) -> float:
+    return self.now
+
+
+class Recorder:
+  """A MetricWriter that keeps what it is given."""
+
+  def __init__(self):
+    self.records = []
+
+  def write(self, step, scalars):
+    self.records.append({'step': step, **scalars})
+
+
+def test_throughput_counts_training_steps_only():
+  """Compiling before the first step, validating and saving between steps: none of it lowers
+  steps/s; each is logged apart with the next flush."""
+  config = tiny_config('fixed', steps=10)
+  clock, writer = FakeClock(), Recorder()
+  log = progress.MetricLog(writer, config, '/unused', clock=clock)
+  step_metrics = {'loss': 1.0, 'bits_per_byte': 1.5}
+  with log.paused('compile'):
+    clock.now += 30.0  # compiling, before any step
+  for step in (1, 2):
+    log.add(step, 16, 16, step_metrics)
+    clock.now += 0.5
+  with log.paused('checkpoint'):
+    clock.now += 7.0
+  with log.paused() as scoring:
+    clock.now += 11.0
+  assert scoring.seconds == 11.0
+  log.flush(last_saved=0)
+  first, last = writer.records
+  assert first['steps_per_sec'] == last['steps_per_sec'] == pytest.approx(2 / 1.0)
+  assert last['compile_seconds'] == 30.0 and last['checkpoint_seconds'] == 7.0
+  assert 'compile_seconds' not in first and 'eval_seconds' not in last  # unnamed: not logged
+  # The next window starts its clock at its own first step.
+  clock.now += 50.0
+  log.add(3, 16, 16, step_metrics)
+  clock.now += 0.25
+  log.flush(last_saved=0)
+  assert writer.records[-1]['steps_per_sec'] == pytest.approx(4.0)
+  assert 'compile_seconds' not in writer.records[-1]
+
+
+def test_settings_the_run_cannot_use_as_written_are_named():
+  config = tiny_config('fixed', steps=20)
+  config.train.update(warmup_steps=50, log_every=5, checkpoint_every=10, eval_every=0)
+  (notice,) = run.unused_settings(config)
+  assert notice.startswith('train.warmup_steps=50 is not shorter than the run')
+  assert 'warms up over 19 steps' in notice
+  config.train.update(warmup_steps=5, log_every=40, checkpoint_every=30, eval_every=20)
+  found = ' '.join(run.unused_settings(config))
+  assert 'train.log_every=40' in found and 'train.checkpoint_every=30' in found
+  assert 'train.eval_every=20' in found and 'warmup' not in found
+  config.train.update(log_every=5, checkpoint_every=10, eval_every=10)
+  assert run.unused_settings(config) == []
+
+
+def test_a_run_logs_its_timings_apart_and_traces_the_steps_asked_for(tmp_path):
+  config = tiny_config('fixed', steps=6)
+  config.train.update(log_every=3, checkpoint_every=3, eval_every=3, profile_steps=(2, 3))
+  training.train(config, str(tmp_path))
+  records = run_files.read_jsonl(str(tmp_path / run_files.METRICS_FILE))
+  timed = [r for r in records if 'compile_seconds' in r]
+  assert [r['step'] for r in timed] == [3] and timed[0]['compile_seconds'] > 0
+  assert [r['step'] for r in records if 'checkpoint_seconds' in r] == [6]  # saved at 3
+  evals = [r for r in records if 'eval_seconds' in r]
+  assert [r['step'] for r in evals] == [3] and 'validation_bits_per_byte' in evals[0]
+  curves = tensorboard_scalars(tmp_path / metrics.TENSORBOARD_DIR)
+  assert [step for step, _ in curves['loss']] == [1, 2, 3, 4, 5, 6]
+  # The trace: one Perfetto file whose step annotations are steps 2 and 3.
+  (trace,) = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(tmp_path / progress.PROFILE_DIR)
+    for name in names
+    if name.endswith('perfetto_trace.json.gz')
+  ]
+  with gzip.open(trace) as f:
+    events = json.load(f)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  steps = {int(e['args']['step_num']) for e in events if 'step_num' in e.get('args', {})}
+  assert steps == {2, 3}
+
+
+def test_profile_steps_must_lie_in_the_run():
+  config = tiny_config('fixed', steps=6)
+  for bad in ((0, 2), (3, 2), (2, 7), (1, 2, 3)):
+    config.train.profile_steps = bad
+    with pytest.raises(ValueError, match=r'train.profile_steps=.* must be \(\) or'):
+      config_lib.validate(config)
+
+
+def test_startup_report_says_what_runs():
+  config = tiny_config('fixed', steps=6)
+  params = {'a': jax.numpy.zeros((3, 4)), 'b': jax.numpy.zeros(5)}
+  report = runtime.startup_report(config, params, '/some/cache')
+  assert f'backend {jax.default_backend()}: {jax.device_count()} device(s)' in report
+  assert 'perceiver_ar: 17 parameters, compute dtype float32' in report
+  assert 'attention kernel einsum (auto)' in report  # tiny shapes on the CPU
+  assert 'compilation cache /some/cache' in report and f'jax {jax.__version__}' in report
+  config.model.attention_impl = 'chunked'
+  assert 'attention kernel chunked\n' in runtime.startup_report(config, params, None)
+
+
+@pytest.fixture
+def cache_setting():
+  """JAX's compilation cache settings as the test found them, restored after it."""
+  keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs')
+  before = {key: getattr(jax.config, key) for key in keys}
+  yield
+  for key, value in before.items():
+    jax.config.update(key, value)
+
+
+def test_the_compilation_cache_setting(cache_setting, tmp_path, monkeypatch):
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+  chosen = jax.config.jax_compilation_cache_dir  # the suite's own (conftest.py)
+  assert chosen and runtime.enable_compilation_cache('auto') == chosen  # the user's wins
+  jax.config.update('jax_compilation_cache_dir', None)
+  assert runtime.enable_compilation_cache('auto') == str(tmp_path / 'xdg/perceiver_ar_vl/jax')
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / 'xdg/perceiver_ar_vl/jax')
+  assert runtime.enable_compilation_cache(str(tmp_path / 'mine')) == str(tmp_path / 'mine')
+  assert runtime.enable_compilation_cache('') is None
+  assert jax.config.jax_compilation_cache_dir is None
+
+
+def test_a_workdir_keeps_one_wandb_run(tmp_path):
+  ids = iter(['first', 'second'])
+  assert metrics.wandb_run_id(str(tmp_path), lambda: next(ids)) == 'first'
+  assert metrics.wandb_run_id(str(tmp_path), lambda: next(ids)) == 'first'  # resumed
+  assert (tmp_path / metrics.WANDB_ID_FILE).read_text().strip() == 'first'
+  (tmp_path / 'other').mkdir()
+  assert metrics.wandb_run_id(str(tmp_path / 'other'), lambda: next(ids)) == 'second'
