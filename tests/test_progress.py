@@ -33,33 +33,38 @@ class Recorder:
 
 
 def test_throughput_counts_training_steps_only():
-  """Compiling before the first step, validating and saving between steps: none of it lowers
-  steps/s; each is logged apart with the next flush."""
+  """Compiling before the first step, the first step itself, validating and saving between
+  steps: none of it lowers steps/s; compiling and saving are logged apart with the next
+  flush."""
   config = tiny_config('fixed', steps=10)
   clock, writer = FakeClock(), Recorder()
   log = progress.MetricLog(writer, config, '/unused', clock=clock)
   step_metrics = {'loss': 1.0, 'bits_per_byte': 1.5}
   with log.paused('compile'):
     clock.now += 30.0  # compiling, before any step
-  for step in (1, 2):
-    log.add(step, 16, 16, step_metrics)
+  log.add(1, 16, 16, step_metrics)  # the clock starts when the first step has run
+  for step in (2, 3):
     clock.now += 0.5
+    log.add(step, 16, 16, step_metrics)
   with log.paused('checkpoint'):
     clock.now += 7.0
   with log.paused() as scoring:
     clock.now += 11.0
   assert scoring.seconds == 11.0
   log.flush(last_saved=0)
-  first, last = writer.records
+  first, *_, last = writer.records
+  assert [r['step'] for r in writer.records] == [1, 2, 3]
   assert first['steps_per_sec'] == last['steps_per_sec'] == pytest.approx(2 / 1.0)
+  assert first['target_tokens_per_sec'] == pytest.approx(2 * 4 * 16 / 1.0)  # batch 4, N 16
   assert last['compile_seconds'] == 30.0 and last['checkpoint_seconds'] == 7.0
   assert 'compile_seconds' not in first and 'eval_seconds' not in last  # unnamed: not logged
   # The next window starts its clock at its own first step.
   clock.now += 50.0
-  log.add(3, 16, 16, step_metrics)
+  log.add(4, 16, 16, step_metrics)
   clock.now += 0.25
+  log.add(5, 16, 16, step_metrics)
   log.flush(last_saved=0)
-  assert writer.records[-1]['steps_per_sec'] == pytest.approx(4.0)
+  assert writer.records[-1]['steps_per_sec'] == pytest.approx(2 / 0.25)
   assert 'compile_seconds' not in writer.records[-1]
 
 

@@ -2,9 +2,10 @@
 (with the NaN guard), throughput and ETA timed over training steps only, and the profiler
 trace of the steps `train.profile_steps` names.
 
-The throughput clock starts at the first step (so compiling, which comes before it, never
-counts) and is paused while the run validates or saves (`MetricLog.paused`): those times are
-logged apart, as `compile_seconds`, `checkpoint_seconds` and `eval_seconds`.
+The throughput clock starts once the run's first step has finished (so compiling, and what a
+compiled program's first call costs, never count; the first step is not counted either) and
+is paused while the run validates or saves (`MetricLog.paused`): those times are logged
+apart, as `compile_seconds`, `checkpoint_seconds` and `eval_seconds`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class MetricLog:
     self._writer, self._config, self._workdir, self._clock = writer, config, workdir, clock
     self._pending: list[tuple[int, int, int, dict]] = []
     self._aside: dict[str, float] = {}  # seconds spent apart from steps since the last flush
+    self._first_step_done = False
     self._reset()
 
   def _reset(self) -> None:
@@ -58,9 +60,14 @@ class MetricLog:
     self._excluded, self._steps, self._tokens = 0.0, 0, 0.0
 
   def add(self, step: int, n: int, bucket: int, device_metrics: dict) -> None:
+    self._pending.append((step, n, bucket, device_metrics))
+    if not self._first_step_done:  # timed apart: the clock starts once it has run
+      jax.block_until_ready(device_metrics)
+      self._first_step_done = True
+      self._start = self._clock()
+      return
     if self._start is None:
       self._start = self._clock()
-    self._pending.append((step, n, bucket, device_metrics))
     self._steps += 1
     self._tokens += self._config.train.batch_size * n
 
