@@ -277,3 +277,78 @@ def test_the_cycle_scan_catches_a_planted_cycle():
   assert cycle and cycle[0] == cycle[-1], cycle
   del sources['perceiver_ar_vl.parallel']
   assert find_cycle(import_graph(sources)) is None
+
+
+# ---------------------------------------------------------------- what setup.py declares
+
+ROOT = PACKAGE.parent
+
+
+def declared_requirements() -> tuple[list[str], dict[str, list[str]]]:
+  """(install_requires, extras_require) as written in setup.py (read, not run)."""
+  call = next(
+    node
+    for node in ast.walk(ast.parse((ROOT / 'setup.py').read_text()))
+    if isinstance(node, ast.Call) and getattr(node.func, 'id', '') == 'setup'
+  )
+  found = {
+    k.arg: ast.literal_eval(k.value)
+    for k in call.keywords
+    if k.arg in ('install_requires', 'extras_require')
+  }
+  return found['install_requires'], found['extras_require']
+
+
+def requirement_name(requirement: str) -> str:
+  """'etils' for 'etils[epath]>=1.15.0', normalised as pip compares names."""
+  name = requirement.split(';')[0]
+  for mark in '[<>=!~ ':
+    name = name.split(mark)[0]
+  return name.lower().replace('_', '-')
+
+
+def imported_top_level(paths) -> set[str]:
+  names = set()
+  for path in paths:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        names |= {alias.name.split('.')[0] for alias in node.names}
+      elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        names.add(node.module.split('.')[0])
+  return names
+
+
+def test_every_imported_package_is_declared():
+  """Each third-party package that the library or launch.py imports is a requirement of
+  setup.py (an extra for the optional ones); a planted undeclared import is caught."""
+  import importlib.metadata
+  import sys
+
+  distributions = importlib.metadata.packages_distributions()
+  required, extras = declared_requirements()
+  declared = {requirement_name(r) for r in required + sum(extras.values(), [])}
+
+  def undeclared(modules: set[str]) -> set[str]:
+    third_party = modules - set(sys.stdlib_module_names) - {'perceiver_ar_vl'}
+    return {
+      m
+      for m in third_party
+      if not {requirement_name(d) for d in distributions.get(m, [m])} & declared
+    }
+
+  assert undeclared(imported_top_level([*MODULES, ROOT / 'launch.py'])) == set()
+  assert undeclared({'numpy', 'yaml', 'os'}) == {'yaml'}
+
+
+def test_lower_bounds_are_the_versions_constraints_txt_pins():
+  """setup.py's lower bounds are what the suite runs with: constraints.txt pins each
+  required package at exactly its lower bound."""
+  pins = {}
+  for line in (ROOT / 'constraints.txt').read_text().splitlines():
+    if '==' in line and not line.startswith('#'):
+      name, version = line.split('==')
+      pins[requirement_name(name)] = version.strip()
+  required, _ = declared_requirements()
+  for requirement in required:
+    bound = requirement.split('>=')[1].split(',')[0].strip()
+    assert pins.get(requirement_name(requirement)) == bound, requirement
