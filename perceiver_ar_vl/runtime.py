@@ -54,8 +54,12 @@ def enable_compilation_cache(setting: str) -> str | None:
 
 def show_info_logs() -> None:
   """Lets absl's INFO lines (progress, the startup report) through when the library runs
-  without absl's flag parsing (a notebook, a script): absl then shows warnings only."""
-  if not flags.FLAGS.is_parsed() and logging.get_verbosity() < logging.INFO:
+  without absl's flag parsing (a notebook, a script), where absl would show warnings only. A
+  level the user set (`absl.logging.set_verbosity`) is kept."""
+  import logging as std_logging
+
+  untouched = logging.get_absl_logger().level == std_logging.NOTSET
+  if not flags.FLAGS.is_parsed() and untouched:
     logging.set_verbosity(logging.INFO)
 
 

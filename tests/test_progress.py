@@ -157,3 +157,25 @@ def test_a_workdir_keeps_one_wandb_run(tmp_path):
   assert (tmp_path / metrics.WANDB_ID_FILE).read_text().strip() == 'first'
   (tmp_path / 'other').mkdir()
   assert metrics.wandb_run_id(str(tmp_path / 'other'), lambda: next(ids)) == 'second'
+
+
+def test_library_users_see_progress_unless_they_chose_a_level(monkeypatch):
+  """Without absl's flag parsing (a notebook) INFO lines are let through; a level the user
+  set stays."""
+  from types import SimpleNamespace
+
+  from absl import logging
+
+  logger = logging.get_absl_logger()
+  unparsed = SimpleNamespace(FLAGS=SimpleNamespace(is_parsed=lambda: False))
+  monkeypatch.setattr(runtime, 'flags', unparsed)
+  monkeypatch.setattr(logger, 'level', 0)  # NOTSET: absl as imported
+  before = logging.get_verbosity()
+  try:
+    runtime.show_info_logs()
+    assert logging.get_verbosity() == logging.INFO
+    logging.set_verbosity(logging.ERROR)  # the user's choice
+    runtime.show_info_logs()
+    assert logging.get_verbosity() == logging.ERROR
+  finally:
+    logging.set_verbosity(before)
