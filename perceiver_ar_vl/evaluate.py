@@ -35,6 +35,7 @@ from perceiver_ar_vl import (
   eval_windows,
   losses,
   parallel,
+  runtime,
   train_state,
 )
 
@@ -214,6 +215,8 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   same dict.
   """
   config_lib.validate(config)
+  runtime.show_info_logs()  # a notebook sees the progress of a long evaluation
+  runtime.enable_compilation_cache(config.compile_cache_dir)
   e = config.eval
   train_state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
   configs = [at_window(config, w) for w in e.windows] or [config]
