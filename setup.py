@@ -12,7 +12,7 @@ setup(
     'jax>=0.6.0',
     'flax>=0.10.0',
     'optax>=0.2.4',
-    'orbax-checkpoint>=0.11.0',
+    'orbax-checkpoint>=0.11.15',  # BestN(keep_checkpoints_without_metrics)
     'ml_collections>=0.1.1',
     'absl-py>=2.0.0',
     'tensorflow-datasets>=4.9.7',

@@ -144,7 +144,13 @@ def train(
   dataset = data.make_dataset(config.data, window=windows.row_length(config), seed=config.seed)
 
   _warn_unfinished_saves(workdir)
-  mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints, remove_unfinished=True)
+  mngr = checkpoints.manager(
+    workdir,
+    max_to_keep=t.keep_checkpoints,
+    remove_unfinished=True,
+    keep_every=t.keep_every,
+    keep_best=t.keep_best,
+  )
   run = _Run(config, model, mesh, dataset, mngr)
   steps = CompiledSteps(config, model, mesh, train_state.make_optimizer(t)[1])
   writer = None
@@ -192,7 +198,8 @@ def _train_steps(
 ) -> tuple[TrainState, int]:
   """Steps from `start_step` to train.steps, or to the step after which `vote` says stop;
   checkpoints every checkpoint_every steps, at the end and at a stop. Returns the state and
-  the last step saved.
+  the last step saved. With train.keep_best, each of those saves but a stop's off the
+  checkpoint_every grid is scored on validation first and saved with its score.
 
   The host never waits for the device between logs: the buckets are compiled before the first
   step, batches reach the device ahead of their step (DeviceBatches) and metrics are read
@@ -220,11 +227,15 @@ def _train_steps(
       stop = vote.after_step()
       if done % t.log_every == 0:
         log.flush(last_saved)
+      scored = None  # this step's validation, when it chooses which checkpoints are kept
       if done % t.checkpoint_every == 0 or done == t.steps or stop:
         log.flush(last_saved)  # never checkpoint a state whose loss was not checked
-        checkpoints.save(run.mngr, done, state)
+        if t.keep_best and (done % t.checkpoint_every == 0 or done == t.steps):
+          scored = validation_metrics(config, run.model, state.params, run.dataset, mesh)
+          log.write(done, scored)  # before the save: a resumed run has its record
+        checkpoints.save(run.mngr, done, state, metrics=scored)
         last_saved = done
-      if t.eval_every and done % t.eval_every == 0 and done != t.steps:
+      if t.eval_every and done % t.eval_every == 0 and done != t.steps and scored is None:
         log.write(done, validation_metrics(config, run.model, state.params, run.dataset, mesh))
       if stop:
         logging.warning('Stopping after step %d (%s): saved step %d, exiting.', done, stop, done)
