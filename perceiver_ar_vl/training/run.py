@@ -40,7 +40,7 @@ from perceiver_ar_vl import (
 )
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.train_state import TrainState
-from perceiver_ar_vl.training import metrics
+from perceiver_ar_vl.training import metrics, workdir_lock
 from perceiver_ar_vl.training.host_loop import (
   CompiledSteps,
   DeviceBatches,
@@ -134,9 +134,23 @@ def train(
   'train_seconds' (wall-clock of every invocation on this workdir, summed) and, once the run
   is finished, 'validation_bits'. It is also written to `train_summary.json`. Re-running a
   finished run returns at once (it only scores validation if a kill prevented that before).
+
+  One run per workdir: while another live process trains in `workdir`, this raises
+  workdir_lock.WorkdirBusyError before anything there is written or cleaned.
   """
   started = time.perf_counter()
   config_lib.validate(config)
+  with workdir_lock.held(workdir):
+    return _train_holding_lock(config, workdir, after_step, started)
+
+
+def _train_holding_lock(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  after_step: Callable[[int], None] | None,
+  started: float,
+) -> dict[str, Any]:
+  """`train`, once this run holds the workdir's lock."""
   t = config.train
   mesh = parallel.make_mesh()
   _check_batch(t, mesh)
