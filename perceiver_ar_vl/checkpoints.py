@@ -1,5 +1,8 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: atomic saves, restore of the latest step.
 
+Which steps are kept (the newest, every k-th, the best by validation bits) and which is the
+best: `checkpoint_keeping`.
+
 Orbax writes each step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` when
 complete, so a run killed mid-save leaves the previous checkpoints intact; the unfinished
 directory is not listed as a step and is overwritten or cleaned up later. A step that was
@@ -10,20 +13,15 @@ naming the skipped one, which is moved to `<workdir>/unreadable_checkpoints/`.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import logging as std_logging
 import os
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from perceiver_ar_vl import errors, parallel
+from perceiver_ar_vl import checkpoint_keeping, errors, orbax_noise, parallel
 
 # Orbax's name for a step directory still being written (a suffix may follow).
 UNFINISHED_MARKER = '.orbax-checkpoint-tmp'
@@ -44,31 +42,49 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def manager(
-  workdir: str, max_to_keep: int = 3, create: bool = True, remove_unfinished: bool = False
+  workdir: str,
+  max_to_keep: int = 3,
+  create: bool = True,
+  remove_unfinished: bool = False,
+  *,
+  keep_every: int = 0,
+  keep_best: int = 0,
 ) -> ocp.CheckpointManager:
-  """The workdir's checkpoint manager (keeps the newest `max_to_keep` steps).
+  """The workdir's checkpoint manager: it keeps the newest `max_to_keep` steps, every
+  `keep_every`-th step and the `keep_best` best-scored ones (`checkpoint_keeping`).
 
   Its item handler is given up front so that `item_metadata` can read a step's array shapes
   before restoring it. `remove_unfinished` deletes the directories of saves that never
   completed (see `unfinished_saves`); training sets it, readers leave the directory alone.
   """
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=remove_unfinished
+    create=create,
+    cleanup_tmp_directories=remove_unfinished,
+    **checkpoint_keeping.manager_options(max_to_keep, keep_every, keep_best),
   )
   return ocp.CheckpointManager(
     checkpoint_dir(workdir), options=options, item_handlers=ocp.StandardCheckpointHandler()
   )
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any) -> None:
-  """Saves `state` at `step` asynchronously; re-saving a step is a no-op."""
+def save(
+  mngr: ocp.CheckpointManager, step: int, state: Any, metrics: dict[str, float] | None = None
+) -> None:
+  """Saves `state` at `step` asynchronously; re-saving a step is a no-op. `metrics` (the
+  step's validation score) is stored with it where the manager keeps the best steps."""
   if step in mngr.all_steps():
     return
-  mngr.save(step, args=ocp.args.StandardSave(state))
+  if metrics is None:
+    with orbax_noise.quiet_unscored_save():
+      mngr.save(step, args=ocp.args.StandardSave(state))
+    return
+  metrics = {name: float(value) for name, value in metrics.items()}
+  mngr.save(step, args=ocp.args.StandardSave(state), metrics=metrics)
 
 
-def resolve_step(mngr: ocp.CheckpointManager, step: int | None = None) -> int:
-  """`step`, or the latest step when None, after checking it is saved in `mngr`."""
+def resolve_step(mngr: ocp.CheckpointManager, step: int | str | None = None) -> int:
+  """`step` after checking it is saved in `mngr`: the latest for None or -1, the kept step
+  with the lowest validation bits per byte for 'best'."""
   steps = sorted(mngr.all_steps())
   workdir = os.path.dirname(str(mngr.directory))
   if not steps:
@@ -76,12 +92,21 @@ def resolve_step(mngr: ocp.CheckpointManager, step: int | None = None) -> int:
       f'No checkpoint in {mngr.directory}: {workdir} holds no trained run. Train first '
       '(--mode=train with this --workdir) or pass the --workdir of a trained run.'
     )
-  if step is None:
+  if step is None or step == -1:
     return steps[-1]
+  if step == checkpoint_keeping.BEST:
+    best = checkpoint_keeping.best_step(mngr)
+    if best is None:
+      raise CheckpointError(
+        f'No checkpoint in {mngr.directory} carries a validation score, so none is the best: '
+        'train with --config.train.keep_best=1 (or more) to score each saved step, or set '
+        f'eval.checkpoint_step to one of the steps {steps}, or to -1 for the latest.'
+      )
+    return best
   if step not in steps:
     raise CheckpointError(
       f'No checkpoint at step {step} in {mngr.directory}; available steps: {steps}. Set '
-      'eval.checkpoint_step to one of them, or to -1 for the latest.'
+      "eval.checkpoint_step to one of them, to -1 for the latest or to 'best'."
     )
   return step
 
@@ -183,7 +208,7 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state: Any) -> t
   skipped: list[tuple[int, str]] = []  # (step, why it cannot be read)
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
-      with _quiet_abandoned_reads():
+      with orbax_noise.quiet_abandoned_reads():
         state = restore(mngr, abstract_state, step)
     except UnreadableCheckpointError as e:
       skipped.append((step, _cause(e)))
@@ -209,43 +234,6 @@ def restore_newest_intact(mngr: ocp.CheckpointManager, abstract_state: Any) -> t
     f'{steps[0]}: {skipped[0][1]}). Training does not start over on top of them: move the '
     'checkpoints directory away (or use a fresh --workdir) to start from scratch.'
   )
-
-
-def _is_abandoned_read(error: BaseException | None, message: str = '') -> bool:
-  """An error that the reads of a failed restore raise after orbax gave up on them."""
-  text = f'{error} {message}'
-  return 'Event loop is closed' in text or 'exception was never retrieved' in text
-
-
-@contextlib.contextmanager
-def _quiet_abandoned_reads() -> Iterator[None]:
-  """Keeps a failed restore from printing tens of tracebacks before its one-line warning.
-
-  Orbax reads a step's arrays concurrently. When a read of a damaged step fails, orbax closes
-  its event loop while the other reads are in flight; as they finish they fail against the
-  closed loop (printed through sys.excepthook / sys.unraisablehook), and asyncio logs the
-  errors nobody retrieved. Those errors only are dropped, while restoring.
-  """
-  logger = std_logging.getLogger('asyncio')
-  keep = lambda record: not _is_abandoned_read(None, record.getMessage())
-  excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
-
-  def quiet_excepthook(kind, error, traceback):
-    if not _is_abandoned_read(error):
-      excepthook(kind, error, traceback)
-
-  def quiet_unraisablehook(unraisable):
-    if not _is_abandoned_read(unraisable.exc_value):
-      unraisablehook(unraisable)
-
-  logger.addFilter(keep)
-  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
-  try:
-    yield
-  finally:
-    gc.collect()  # abandoned tasks report when collected: while the filter is on
-    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
-    logger.removeFilter(keep)
 
 
 def _cause(error: Exception) -> str:

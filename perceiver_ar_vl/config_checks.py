@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from perceiver_ar_vl import data, errors
+from perceiver_ar_vl import config_choices, data, errors
 
 
 def at_least(section: ml_collections.ConfigDict, name: str, keys: tuple[str, ...], low) -> None:
@@ -88,3 +88,29 @@ def validate_tooling(config: ml_collections.ConfigDict) -> None:
       f'compile_cache_dir={config.compile_cache_dir!r} must be a directory, "auto" (a cache '
       'per user) or "" (no cache).'
     )
+
+
+def validate_keeping(t: ml_collections.ConfigDict) -> None:
+  """train.keep_checkpoints (>= 1: resuming needs the newest step), keep_every and keep_best
+  (>= 0); a keep_every that is no multiple of checkpoint_every would keep fewer steps than it
+  says, so it is refused."""
+  at_least(t, 'train', ('keep_checkpoints',), 1)
+  at_least(t, 'train', ('keep_every', 'keep_best'), 0)
+  if t.keep_every % t.checkpoint_every:
+    raise errors.UserError(
+      f'train.keep_every={t.keep_every} must be a multiple of train.checkpoint_every='
+      f'{t.checkpoint_every} (only saved steps can be kept); set --config.train.keep_every to '
+      f'{t.checkpoint_every * max(1, round(t.keep_every / t.checkpoint_every))}, or 0.'
+    )
+
+
+def validate_checkpoint_step(step: object) -> None:
+  """eval.checkpoint_step: a step (>= 0), -1 for the latest or 'best' (an int or that string:
+  the command line hands over any other word as a string)."""
+  is_step = isinstance(step, int) and not isinstance(step, bool) and step >= -1
+  if is_step or step == config_choices.BEST_CHECKPOINT:
+    return
+  raise errors.UserError(
+    f"eval.checkpoint_step={step!r}: use a saved step, -1 for the latest or 'best' for the kept "
+    'step with the lowest validation bits per byte, e.g. --config.eval.checkpoint_step=best.'
+  )

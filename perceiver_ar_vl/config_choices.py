@@ -67,6 +67,8 @@ COPY_LENGTH_SCHEDULES = ('none', 'linear', 'stepwise', 'staircase')  # data.copy
 # train.*, eval.*
 LR_SCHEDULES = ('cosine', 'constant')
 EVAL_MODES = ('blocks', 'stride1')  # evaluate.bits_per_byte
+# eval.checkpoint_step's one word (else a step number): checkpoint_keeping.best_step
+BEST_CHECKPOINT = 'best'
 
 # The config argument of configs/*.py ('' = the seed experiment, the same as 'gpu').
 PRESETS = ('', 'gpu', 'cpu', 'cpu_long', 'smoke')

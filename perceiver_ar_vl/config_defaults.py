@@ -117,6 +117,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 100  # steps between metric writes (one device transfer each)
   c.train.checkpoint_every = 2_000  # steps between saves (also at the end and on a signal)
   c.train.keep_checkpoints = 3  # newest checkpoints kept
+  # Also kept, forever (a step is kept if any of the three keeps it; docs/robustness.md):
+  # keep_every: every saved step that is a multiple of it (0 = none; a multiple of
+  #   checkpoint_every); keep_best: the k saved steps with the lowest validation bits per byte
+  #   (0 = none; > 0 scores train.eval_max_bytes of validation at every regular save).
+  c.train.keep_every = 0
+  c.train.keep_best = 0
   c.train.eval_every = 5_000  # validation bits per byte during training; 0 = only at the end
   c.train.eval_max_bytes = 200_000  # bytes of validation scored during training
   # (first, last): a jax.profiler trace of those steps (counted from 1) in <workdir>/profile,
@@ -136,7 +142,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_bytes = 0  # 0 = the whole split
   c.eval.batch_size = 64  # windows per evaluation step
   c.eval.mode = 'blocks'  # blocks (every target once) | stride1 (exact, slow)
-  c.eval.checkpoint_step = -1  # -1 = the latest checkpoint
+  # A saved step, -1 = the latest or 'best' = the kept step with the lowest validation bits
+  # per byte (a run trained with train.keep_best > 0); an int or that string.
+  c.eval.checkpoint_step = ml_collections.FieldReference(-1, field_type=object)
   # Windows to evaluate at (model.max_context each; the parameters do not depend on it), e.g.
   # (1024, 8192, 131072): train short, evaluate long. () = model.max_context only. On the copy
   # task each window's examples are that long (copy distance window / 2), two of them scored.

@@ -223,7 +223,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     ('steps', 'batch_size', 'grad_accum_steps', 'log_every', 'checkpoint_every'),
     1,
   )
-  config_checks.at_least(t, 'train', ('keep_checkpoints',), 1)
+  config_checks.validate_keeping(t)
   config_checks.at_least(config.data, 'data', ('record_bytes',), 1)
   config_checks.at_least(lat, 'latents', ('stair_size', 'stairs'), 1)
   config_checks.at_least(config.data, 'data', ('in_memory_bytes', 'copy_length'), 0)
@@ -256,10 +256,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       )
   config_checks.at_least(e, 'eval', ('batch_size',), 1)
   config_checks.at_least(e, 'eval', ('max_bytes',), 0)
-  if e.checkpoint_step < -1:
-    raise errors.UserError(
-      f'eval.checkpoint_step={e.checkpoint_step}: use a saved step, or -1 for the latest.'
-    )
+  config_checks.validate_checkpoint_step(e.checkpoint_step)
   _check_latent_count(s.num_latents, 'sample.num_latents', m.max_context, zero_ok=True)
   config_checks.at_least(s, 'sample', ('length',), 1)
   if s.temperature < 0:

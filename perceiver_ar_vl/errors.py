@@ -105,6 +105,7 @@ def check_override(name: str, config: ml_collections.ConfigDict, arg: str) -> No
   not parse as that key's type."""
   path, _, text = arg.lstrip('-').partition('=')
   node: Any = config
+  parent: Any = config
   keys = path.split('.')[1:]
   for depth, key in enumerate(keys):
     if not isinstance(node, ml_collections.ConfigDict) or key not in node:
@@ -116,7 +117,9 @@ def check_override(name: str, config: ml_collections.ConfigDict, arg: str) -> No
         f'unknown config key {key!r} in --{path}{hint}; {section} has no such key (the keys '
         'and their defaults: perceiver_ar_vl/config_defaults.py).'
       )
-    node = node[key]
+    parent, node = node, node[key]
+  if parent.get_type(keys[-1]) is object:  # a field that takes any value, e.g. a step or 'best'
+    node = None
   if '=' in arg and not isinstance(node, ml_collections.ConfigDict) and not _parses_as(text, node):
     kind = type(node).__name__
     key = '.'.join(keys)

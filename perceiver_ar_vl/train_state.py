@@ -94,18 +94,20 @@ def abstract_train_state(
   )
 
 
-def checkpoint_step(workdir: str, step: int = -1) -> int:
+def checkpoint_step(workdir: str, step: int | str = -1) -> int:
   """The saved step that `restore_params(config, workdir, step)` would restore (-1: the
-  latest); raises checkpoints.CheckpointError when there is none. Cheap: lists directories."""
+  latest, 'best': the kept step with the lowest validation bits per byte); raises
+  checkpoints.CheckpointError when there is none. Cheap: lists directories (and scores)."""
   mngr = checkpoints.manager(workdir, create=False)
   try:
-    return checkpoints.resolve_step(mngr, None if step < 0 else step)
+    return checkpoints.resolve_step(mngr, step)
   finally:
     mngr.close()
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int = -1):
-  """(model, variables, step) from `workdir`'s checkpoint `step` (-1: the latest).
+def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | str = -1):
+  """(model, variables, step) from `workdir`'s checkpoint `step` (-1: the latest, 'best': the
+  kept step with the lowest validation bits per byte).
 
   `variables` is the dict `model.apply` takes ({'params': ...}): TrainState.params holds
   the whole of what `model.init` returned. A missing step or a checkpoint of another model
@@ -113,7 +115,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int = 
   """
   mngr = checkpoints.manager(workdir, create=False)
   try:
-    step = checkpoints.resolve_step(mngr, None if step < 0 else step)
+    step = checkpoints.resolve_step(mngr, step)
     model = config_lib.create_model(config)
     abstract_state = abstract_train_state(config, model, parallel.make_mesh())
     state = checkpoints.restore(mngr, abstract_state, step)

@@ -84,6 +84,12 @@ def test_presets_scale_latents_with_the_window():
     ('train.batch_size', 0, 'train.batch_size must be >= 1'),
     ('train.grad_accum_steps', 3, 'divisible by train.grad_accum_steps'),
     ('eval.latents_sweep', (16, 4096), 'outside'),
+    ('train.keep_every', 3, 'train.keep_every=3 must be a multiple of train.checkpoint_every'),
+    ('train.keep_best', -1, 'train.keep_best must be >= 0'),
+    ('eval.checkpoint_step', 'bestest', "eval.checkpoint_step='bestest': use a saved step"),
+    ('eval.checkpoint_step', -2, 'eval.checkpoint_step=-2'),
+    ('eval.checkpoint_step', 7.5, 'eval.checkpoint_step=7.5'),
+    ('eval.checkpoint_step', True, 'eval.checkpoint_step=True'),
   ],
 )
 def test_bad_settings_are_clear_errors(key, value, match):
@@ -117,6 +123,18 @@ def test_cpu_long_preset_keeps_the_cpu_latents_at_a_4096_window():
   )
   assert long.model.d_model == cpu.model.d_model and long.model.num_layers == cpu.model.num_layers
   assert config_lib.strategy_config('transformer', 'cpu_long').latents.max == 4096
+
+
+def test_eval_checkpoint_step_takes_a_step_or_best(capsys):
+  """In the config and on the command line (errors.check_override before absl parses it)."""
+  config = config_lib.strategy_config('uniform', 'smoke')
+  for value in ('best', 7, 0, -1):
+    config.eval.checkpoint_step = value
+    config_lib.validate(config)
+    errors.check_override('config', config, f'--config.eval.checkpoint_step={value}')
+  with pytest.raises(SystemExit):  # other int settings still refuse a word
+    errors.check_override('config', config, '--config.train.steps=best')
+  assert 'does not parse: train.steps takes an int' in capsys.readouterr().err
 
 
 def test_unknown_keys_are_rejected_by_the_locked_config():

@@ -99,6 +99,9 @@ CASES = {
   'eval_sweep_zero': launch(
     '--mode=eval', '--config.eval.latents_sweep=(0,8)', phrase='eval.latents_sweep holds 0'
   ),
+  'eval_step_not_a_step': launch(
+    '--mode=eval', '--config.eval.checkpoint_step=bestest', phrase="eval.checkpoint_step='bestest'"
+  ),
   'sample_temperature_negative': launch(
     '--mode=sample', '--config.sample.temperature=-0.5', phrase='sample.temperature=-0.5'
   ),
@@ -133,6 +136,12 @@ CASES = {
     '--workdir={run}',
     '--config.eval.checkpoint_step=7',
     phrase='No checkpoint at step 7',
+  ),
+  'eval_best_without_scores': launch(  # 'best' parses on the command line, then finds none
+    '--mode=eval',
+    '--workdir={run}',
+    '--config.eval.checkpoint_step=best',
+    phrase='carries a validation score, so none is the best',
   ),
   'eval_other_model_shape': launch(
     '--mode=eval',

@@ -11,7 +11,7 @@ import pytest
 from helpers import tensorboard_scalars, tiny_config
 
 from perceiver_ar_vl import config_lib, run_files, runtime, training
-from perceiver_ar_vl.training import metrics, progress, run
+from perceiver_ar_vl.training import metrics, progress
 
 
 class FakeClock:
@@ -71,15 +71,15 @@ def test_throughput_counts_training_steps_only():
 def test_settings_the_run_cannot_use_as_written_are_named():
   config = tiny_config('fixed', steps=20)
   config.train.update(warmup_steps=50, log_every=5, checkpoint_every=10, eval_every=0)
-  (notice,) = run.unused_settings(config)
+  (notice,) = progress.unused_settings(config)
   assert notice.startswith('train.warmup_steps=50 is not shorter than the run')
   assert 'warms up over 19 steps' in notice
   config.train.update(warmup_steps=5, log_every=40, checkpoint_every=30, eval_every=20)
-  found = ' '.join(run.unused_settings(config))
+  found = ' '.join(progress.unused_settings(config))
   assert 'train.log_every=40' in found and 'train.checkpoint_every=30' in found
   assert 'train.eval_every=20' in found and 'warmup' not in found
   config.train.update(log_every=5, checkpoint_every=10, eval_every=10)
-  assert run.unused_settings(config) == []
+  assert progress.unused_settings(config) == []
 
 
 def test_a_run_logs_its_timings_apart_and_traces_the_steps_asked_for(tmp_path):

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import checkpoints, latents
+from perceiver_ar_vl import checkpoints, latents, runtime
 from perceiver_ar_vl.training import metrics
 
 PROFILE_DIR = 'profile'  # under the workdir: TensorBoard's profile plugin reads it
@@ -162,6 +162,34 @@ def check_finite(records: list[dict], workdir: str, last_saved: int) -> None:
         f'Loss is {r["loss"]} at step {r["step"]}; training stopped. {kept} Lower '
         f'train.learning_rate, raise train.warmup_steps or use model.dtype=float32.'
       )
+
+
+def unused_settings(config: ml_collections.ConfigDict) -> list[str]:
+  """Notices for the train settings that this run cannot use as written (a warmup longer
+  than the run, logs or saves spaced wider than it): each says what happens instead."""
+  t, found = config.train, []
+  if t.warmup_steps > max(t.steps - 1, 0):
+    found.append(
+      f'train.warmup_steps={t.warmup_steps} is not shorter than the run (train.steps='
+      f'{t.steps}): the learning rate warms up over {max(t.steps - 1, 0)} steps instead.'
+    )
+  for key, what in (('log_every', 'progress is logged'), ('checkpoint_every', 'it is saved')):
+    if t[key] > t.steps:
+      found.append(f'train.{key}={t[key]} > train.steps={t.steps}: {what} at the end only.')
+  if t.eval_every >= t.steps:
+    found.append(
+      f'train.eval_every={t.eval_every} >= train.steps={t.steps}: validation runs at the end only.'
+    )
+  return found
+
+
+def start_report(config: ml_collections.ConfigDict, params, cache_dir: str | None) -> None:
+  """Logs (process 0) what is running and the settings this run does not use as written."""
+  if jax.process_index() != 0:
+    return
+  logging.info('%s', runtime.startup_report(config, params, cache_dir))
+  for notice in unused_settings(config):
+    logging.warning('%s', notice)
 
 
 class StepProfiler:

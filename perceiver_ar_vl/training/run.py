@@ -41,7 +41,7 @@ from perceiver_ar_vl import (
 )
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.train_state import TrainState
-from perceiver_ar_vl.training import metrics
+from perceiver_ar_vl.training import metrics, progress, workdir_lock
 from perceiver_ar_vl.training.host_loop import (
   CompiledSteps,
   DeviceBatches,
@@ -120,34 +120,6 @@ def _resume_or_start(run: _Run, workdir: str) -> tuple[TrainState, int]:
   return state, step
 
 
-def unused_settings(config: ml_collections.ConfigDict) -> list[str]:
-  """Notices for the train settings that this run cannot use as written (a warmup longer
-  than the run, logs or saves spaced wider than it): each says what happens instead."""
-  t, found = config.train, []
-  if t.warmup_steps > max(t.steps - 1, 0):
-    found.append(
-      f'train.warmup_steps={t.warmup_steps} is not shorter than the run (train.steps='
-      f'{t.steps}): the learning rate warms up over {max(t.steps - 1, 0)} steps instead.'
-    )
-  for key, what in (('log_every', 'progress is logged'), ('checkpoint_every', 'it is saved')):
-    if t[key] > t.steps:
-      found.append(f'train.{key}={t[key]} > train.steps={t.steps}: {what} at the end only.')
-  if t.eval_every >= t.steps:
-    found.append(
-      f'train.eval_every={t.eval_every} >= train.steps={t.steps}: validation runs at the end only.'
-    )
-  return found
-
-
-def _start_report(run: _Run, state: TrainState, cache_dir: str | None) -> None:
-  """Logs (process 0) what is running and the settings this run does not use as written."""
-  if jax.process_index() != 0:
-    return
-  logging.info('%s', runtime.startup_report(run.config, state.params, cache_dir))
-  for notice in unused_settings(run.config):
-    logging.warning('%s', notice)
-
-
 def train(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -168,10 +140,24 @@ def train(
   Called from a notebook or a script, it logs its progress through absl at INFO level
   (`runtime.show_info_logs`) and compiles through JAX's persistent cache
   (`compile_cache_dir`).
+
+  One run per workdir: while another live process trains in `workdir`, this raises
+  workdir_lock.WorkdirBusyError before anything there is written or cleaned.
   """
   started = time.perf_counter()
   config_lib.validate(config)
   runtime.show_info_logs()
+  with workdir_lock.held(workdir):
+    return _train_holding_lock(config, workdir, after_step, started)
+
+
+def _train_holding_lock(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  after_step: Callable[[int], None] | None,
+  started: float,
+) -> dict[str, Any]:
+  """`train`, once this run holds the workdir's lock."""
   cache_dir = runtime.enable_compilation_cache(config.compile_cache_dir)
   t = config.train
   mesh = parallel.make_mesh()
@@ -180,14 +166,20 @@ def train(
   dataset = data.make_dataset(config.data, window=windows.row_length(config), seed=config.seed)
 
   _warn_unfinished_saves(workdir)
-  mngr = checkpoints.manager(workdir, max_to_keep=t.keep_checkpoints, remove_unfinished=True)
+  mngr = checkpoints.manager(
+    workdir,
+    max_to_keep=t.keep_checkpoints,
+    remove_unfinished=True,
+    keep_every=t.keep_every,
+    keep_best=t.keep_best,
+  )
   run = _Run(config, model, mesh, dataset, mngr, workdir)
   steps = CompiledSteps(config, model, mesh, train_state.make_optimizer(t)[1])
   writer = None
   try:
     with StopSignal() as stop:  # from here on, a signal ends in a checkpoint
       state, start_step = _resume_or_start(run, workdir)
-      _start_report(run, state, cache_dir)
+      progress.start_report(config, state.params, cache_dir)
       run_files.write_config(
         config, workdir
       )  # after a restore: a mismatched config leaves the old one
@@ -229,7 +221,8 @@ def _train_steps(
 ) -> tuple[TrainState, int]:
   """Steps from `start_step` to train.steps, or to the step after which `vote` says stop;
   checkpoints every checkpoint_every steps, at the end and at a stop. Returns the state and
-  the last step saved.
+  the last step saved. With train.keep_best, each of those saves but a stop's off the
+  checkpoint_every grid is scored on validation first and saved with its score.
 
   The host never waits for the device between logs: the buckets are compiled before the first
   step, batches reach the device ahead of their step (DeviceBatches) and metrics are read
@@ -264,20 +257,29 @@ def _train_steps(
       stop = vote.after_step()
       if done % t.log_every == 0:
         log.flush(last_saved)
+      scored = None  # this step's validation, when it chooses which checkpoints are kept
       if done % t.checkpoint_every == 0 or done == t.steps or stop:
         log.flush(last_saved)  # never checkpoint a state whose loss was not checked
+        if t.keep_best and (done % t.checkpoint_every == 0 or done == t.steps):
+          scored = _validate(run, state, log, done)  # before the save: a resume has its record
         with log.paused('checkpoint'):
-          checkpoints.save(run.mngr, done, state)
+          checkpoints.save(run.mngr, done, state, metrics=scored)
         last_saved = done
-      if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-        with log.paused() as scoring:
-          found = validation_metrics(config, run.model, state.params, run.dataset, mesh)
-        log.write(done, {**found, 'eval_seconds': scoring.seconds})
+      if t.eval_every and done % t.eval_every == 0 and done != t.steps and scored is None:
+        _validate(run, state, log, done)
       if stop:
         logging.warning('Stopping after step %d (%s): saved step %d, exiting.', done, stop, done)
         break
     profiler.after(t.steps, state)  # a stop inside the traced steps
   return state, last_saved
+
+
+def _validate(run: _Run, state: TrainState, log: MetricLog, step: int) -> dict[str, float]:
+  """Scores validation at `step`, off the throughput clock, and logs it with its seconds."""
+  with log.paused() as scoring:
+    found = validation_metrics(run.config, run.model, state.params, run.dataset, run.mesh)
+  log.write(step, {**found, 'eval_seconds': scoring.seconds})
+  return found
 
 
 def _final_validation(run: _Run, params, writer: metrics.MetricWriter, workdir: str) -> float:
