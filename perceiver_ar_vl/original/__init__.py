@@ -6,7 +6,10 @@
   * `load_checkpoint(path)`: the parameters of one of the original's `checkpoint.dill` files,
     read with a restricted unpickler that never runs code;
   * `SWEEPS` / `sweep_kwargs(name)`: the model keyword arguments of the original's public
-    sweeps (`random_mirrored_32`, `random_mirrored_131072`, `imagenet_w_positions`).
+    sweeps (`random_mirrored_32`, `random_mirrored_131072`, `imagenet_w_positions`);
+  * `python -m perceiver_ar_vl.original --checkpoint=PATH --sweep=NAME --workdir=W`
+    (`workdir.write_workdir`): a checkpoint as a workdir that `launch.py --mode=eval` and
+    `--mode=sample` read, its ids and positions relabelled for byte data (`relabel`).
 
 docs/from_original.md says what differs and how the equivalence is tested.
 """

@@ -109,9 +109,10 @@ def read_pickle(path: str) -> Any:
       ) from None
 
 
-def load_checkpoint(path: str) -> dict[str, dict[str, np.ndarray]]:
-  """The Haiku parameters (module path -> {name: numpy array}) of the original's
-  `checkpoint.dill` at `path` (or a directory holding one), for `from_haiku`."""
+def read_checkpoint(path: str) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+  """(the Haiku parameters, the global step) of the original's `checkpoint.dill` at `path`
+  (or a directory holding one): what `load_checkpoint` returns, and the step it was saved at
+  (0 if the file has none)."""
   if os.path.isdir(path):
     path = os.path.join(path, 'checkpoint.dill')
   state = read_pickle(path)
@@ -119,7 +120,14 @@ def load_checkpoint(path: str) -> dict[str, dict[str, np.ndarray]]:
     raise errors.UserError(
       f"{path} holds no 'params' mapping: not a checkpoint of the original's experiment.py."
     )
-  return {
+  params = {
     module: {leaf: np.asarray(value) for leaf, value in dict(leaves).items()}
     for module, leaves in state['params'].items()
   }
+  return params, int(np.asarray(state.get('global_step', 0)).reshape(-1)[0])
+
+
+def load_checkpoint(path: str) -> dict[str, dict[str, np.ndarray]]:
+  """The Haiku parameters (module path -> {name: numpy array}) of the original's
+  `checkpoint.dill` at `path` (or a directory holding one), for `from_haiku`."""
+  return read_checkpoint(path)[0]

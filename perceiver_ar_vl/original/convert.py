@@ -13,13 +13,15 @@ windows (the original pads on the right; its positions then start at the first b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
 
 from perceiver_ar_vl import config_defaults, config_lib, errors
-from perceiver_ar_vl.models.base import LanguageModel, sinusoidal_table
+
+if TYPE_CHECKING:  # imported where a model is built: reading options and checkpoints needs no JAX
+  from perceiver_ar_vl.models.base import LanguageModel
 
 # The original's constructor options with their defaults.
 ORIGINAL_DEFAULTS: dict[str, Any] = dict(
@@ -234,6 +236,8 @@ def _variables(params: dict, o: dict[str, Any], model: LanguageModel) -> dict:
     if model.position_encoding == 'absolute':
       p['position_table'] = table
     else:  # a fixed sinusoid: ours must be the same table
+      from perceiver_ar_vl.models.base import sinusoidal_table
+
       ours = np.asarray(sinusoidal_table(model.max_context, model.d_model))
       if not np.allclose(table, ours, atol=1e-4):
         raise errors.UserError(
