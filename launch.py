@@ -6,8 +6,8 @@
 Overrides: --config.train.steps=100 --config.data.path=FILE ...
 
 Eval and sample read the config the run saved in the workdir (`workdir_config`); overrides
-may then change only eval.*, sample.* and compile_cache_dir. With --config they use that
-config instead, as training does.
+may then change only eval.*, sample.*, model.dtype, model.attention_impl and
+compile_cache_dir. With --config they use that config instead, as training does.
 
 JAX's own flags work too (--jax_log_compiles, --jax_debug_nans, ...). A user error (a bad
 flag, config value, path, data file or checkpoint) prints one line `error: <what is wrong and

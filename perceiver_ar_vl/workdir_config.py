@@ -21,8 +21,9 @@ import ml_collections
 
 from perceiver_ar_vl import config_defaults, errors
 
-# Key prefixes an override may change when the config comes from the workdir.
-CHANGEABLE = ('eval.', 'sample.', 'compile_cache_dir')
+# What an override may change when the config comes from the workdir: what evaluation and
+# sampling read, and how the model computes (not what it computes).
+CHANGEABLE = ('eval.', 'sample.', 'compile_cache_dir', 'model.dtype', 'model.attention_impl')
 CONFIG_FILE = 'config.json'
 
 
@@ -71,8 +72,8 @@ def complete_argv(argv: Sequence[str]) -> list[str]:
         errors.fail(
           f'--config.{key}: {workdir} holds a trained run, whose model, data and training '
           f'settings stay as it saved them ({os.path.join(workdir, CONFIG_FILE)}); '
-          f'{mode} may change only eval.*, sample.* and compile_cache_dir. To {mode} with '
-          'other settings, pass --config=FILE as well.'
+          f'{mode} may change only eval.*, sample.*, model.dtype, model.attention_impl and '
+          f'compile_cache_dir. To {mode} with other settings, pass --config=FILE as well.'
         )
   try:
     get_config(workdir)  # no or a foreign config.json: its own line, before absl loads it

@@ -196,7 +196,14 @@ OTHER_RUNS = {
   'jax_log_compiles': launch('--config.train.steps=2', '--jax_log_compiles', phrase=''),
   # The trained run's model overrides (TINY_LAUNCH_ARGS) come from its config.json.
   'eval_from_workdir': Case(
-    ('--mode=eval', '--workdir={run}', '--config.eval.splits=("test",)'), '', as_typed=True
+    (
+      '--mode=eval',
+      '--workdir={run}',
+      '--config.eval.splits=("test",)',
+      '--config.model.attention_impl=einsum',
+    ),
+    '',
+    as_typed=True,
   ),
   'sample_from_workdir': Case(
     ('--mode=sample', '--workdir={run}', '--config.sample.prompt=abc'), '', as_typed=True
