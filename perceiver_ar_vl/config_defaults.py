@@ -130,10 +130,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.profile_steps = ()
   c.train.wandb = False  # Weights & Biases logging; imported only when True
   c.train.wandb_project = 'perceiver_ar_vl'
-  # The copy curriculum counts fractions of the run: data.copy_length_total_steps follows
-  # train.steps (a derived reference: --config.train.steps=... moves it too; setting it
-  # yourself cuts the link, and validate then asks for the two to agree).
-  c.data.copy_length_total_steps = c.train.get_ref('steps').to_int()
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_latents = 0  # 0 = the training maximum latents.max

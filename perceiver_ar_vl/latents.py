@@ -8,11 +8,11 @@ Strategies (config.latents.strategy) map a training step to N, deterministically
 (seed, step) so a resumed run draws the same N as the uninterrupted one:
   * fixed       N = latents.max;
   * uniform     N ~ U[latents.min, latents.max], one draw per step from a seeded stream;
-  * curriculum  N grows from latents.min to latents.max: over `warmup_fraction` of training
-                with `schedule` = 'linear' (every integer) or 'stepwise' (bucket by bucket),
-                or with 'staircase' (the seed project's recipe) in `stairs` equal stages of
-                the whole run, `stair_size` latents a stage:
-                N = min(max, min + stair_size * floor(step / (total_steps / stairs))).
+  * curriculum  N grows from latents.min to latents.max (`schedules.ramp`): over
+                `warmup_fraction` of training with `schedule` = 'linear' (every integer) or
+                'stepwise' (bucket by bucket), or with 'staircase' (the seed project's
+                recipe) in `stairs` equal stages of the whole run, `stair_size` latents a
+                stage: N = min(max, min + stair_size * floor(step / (total_steps / stairs))).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from perceiver_ar_vl import errors
+from perceiver_ar_vl import errors, schedules
 from perceiver_ar_vl.config_choices import SCHEDULES, STRATEGIES
 
 
@@ -129,21 +129,20 @@ def num_latents_at(
   if strategy == 'uniform':
     rng = np.random.default_rng([seed, step, 0x6C61])  # one independent stream per step
     return int(rng.integers(min_latents, max_latents + 1))
-  if strategy == 'curriculum' and schedule == 'staircase':
-    stair = int(step // (total_steps / stairs))
-    return int(min(max_latents, min_latents + stair_size * stair))
   if strategy == 'curriculum':
-    ramp_steps = max(1, int(round(warmup_fraction * total_steps)))
-    progress = min(1.0, step / ramp_steps)
-    if schedule == 'linear':
-      return int(round(min_latents + progress * (max_latents - min_latents)))
-    if schedule == 'stepwise':
-      # Equal time on each bucket-sized stage between min and max, ending at max.
-      stages = [min_latents] + [b for b in buckets if min_latents < b < max_latents]
-      stages.append(max_latents)
-      stage = min(len(stages) - 1, int(progress * len(stages)))
-      return int(stages[stage])
-    raise errors.UserError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
+    if schedule not in SCHEDULES:
+      raise errors.UserError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
+    return schedules.ramp(
+      step,
+      low=min_latents,
+      high=max_latents,
+      total_steps=total_steps,
+      shape=schedule,
+      warmup_fraction=warmup_fraction,
+      stages=buckets,
+      stairs=stairs,
+      stair_size=stair_size,
+    )
   raise errors.UserError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')
 
 

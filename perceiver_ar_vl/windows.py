@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from perceiver_ar_vl import errors, latents
+from perceiver_ar_vl import errors, latents, schedules
 
 
 def window_buckets(config: Any) -> tuple[int, ...]:
@@ -73,16 +73,14 @@ def window_at(config: Any, step: int) -> int:
   buckets = window_buckets(config)
   if w.schedule in ('none', 'fixed'):
     return buckets[-1]
-  size = latents.num_latents_at(
+  size = schedules.ramp(
     step,
-    strategy='curriculum',
-    min_latents=int(w.min),
-    max_latents=buckets[-1],
+    low=int(w.min),
+    high=buckets[-1],
     total_steps=config.train.steps,
-    seed=config.seed,
-    buckets=buckets,
-    schedule=w.schedule,
+    shape=w.schedule,
     warmup_fraction=w.warmup_fraction,
+    stages=buckets,
   )
   return latents.bucket_for(size, buckets)
 

@@ -25,12 +25,16 @@ from perceiver_ar_vl import config_defaults, errors
 # sampling read, and how the model computes (not what it computes).
 CHANGEABLE = ('eval.', 'sample.', 'compile_cache_dir', 'model.dtype', 'model.attention_impl')
 CONFIG_FILE = 'config.json'
+# Keys that older versions saved and this one derives (skipped when read).
+RETIRED = {'data.copy_length_total_steps'}
 
 
 def _merge(into: ml_collections.ConfigDict, saved: dict[str, Any], path: str) -> None:
   """Sets every key of `saved` in `into`, refusing keys this version does not know."""
   for key, value in saved.items():
     name = f'{path}{key}'
+    if name in RETIRED:
+      continue
     if key not in into:
       raise errors.UserError(
         f'{CONFIG_FILE} holds {name}, which this version of perceiver_ar_vl does not know; '

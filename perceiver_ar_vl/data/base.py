@@ -25,7 +25,6 @@ DEFAULTS = {
   'copy_length_schedule': 'none',  # curriculum shape: none | linear | stepwise | staircase
   'copy_length_warmup_fraction': 0.5,  # linear / stepwise: fraction of training growing L
   'copy_length_stairs': 4,  # staircase: equal stages of the whole run, min to copy_length
-  'copy_length_total_steps': 0,  # the run's train.steps (config_defaults links the two)
   # (a, b): each streamed training example's length drawn per example, log-uniformly in
   # [a, b], so copies come at many distances (no fixed offset solves it); () = copy_length.
   # Evaluation keeps copy_length: train on short copies, evaluate long ones.

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from perceiver_ar_vl import config_choices, errors, latents
+from perceiver_ar_vl import config_choices, errors, schedules
 from perceiver_ar_vl.data.base import VOCAB_SIZE, config_value
 
 
@@ -28,7 +28,8 @@ class CopySettings:
   """The copy task of one config: mode ('copy' | 'mirror'), vocab (symbols), length (L, the
   example length at the end of any curriculum: what evaluation uses), min_crop (0 = streamed
   rows; > 0 = one example per row, cropped to c ~ U[min_crop, L] bytes), and the curriculum
-  (schedule, length_min, warmup_fraction, stairs, total_steps = the run's train.steps);
+  (schedule, length_min, warmup_fraction, stairs, total_steps = the run's train.steps, given
+  by whoever builds the dataset for training);
   train_lengths: () or (a, b), streamed training examples of lengths drawn in [a, b]."""
 
   mode: str = 'copy'
@@ -50,9 +51,11 @@ def _integer(data_config: Any, key: str, low: int, meaning: str = '') -> int:
   return int(value)
 
 
-def copy_settings(data_config: Any, window: int) -> CopySettings:
+def copy_settings(data_config: Any, window: int, total_steps: int = 0) -> CopySettings:
   """The copy task's settings from `config.data` (ConfigDict or dict) for rows of `window`
-  = model.max_context + 1 bytes. Raises errors.UserError (one line: the key, what to change)."""
+  = model.max_context + 1 bytes, in a run of `total_steps` training steps (what a length
+  curriculum counts fractions of; 0 = not for training: evaluation reads `length` only).
+  Raises errors.UserError (one line: the key, what to change)."""
   mode = config_value(data_config, 'copy_mode')
   if mode not in config_choices.COPY_MODES:
     raise errors.UserError(
@@ -116,39 +119,32 @@ def copy_settings(data_config: Any, window: int) -> CopySettings:
       'train.steps over which L grows).'
     )
   stairs = _integer(data_config, 'copy_length_stairs', 2)
-  total = _integer(data_config, 'copy_length_total_steps', 1, " (the run's train.steps)")
   return dataclasses.replace(
-    settings, warmup_fraction=float(fraction), stairs=stairs, total_steps=total
+    settings, warmup_fraction=float(fraction), stairs=stairs, total_steps=int(total_steps)
   )
 
 
 def scheduled_length(settings: CopySettings, step: int) -> int:
   """L at training step `step` (the module docstring's formulas); `settings.length` without a
-  curriculum."""
+  curriculum or outside training (total_steps 0)."""
   s = settings
-  if s.schedule == 'none':
+  if s.schedule == 'none' or not s.total_steps:
     return s.length
-  low, high = s.length_min, s.length
-  if s.schedule == 'staircase':
-    stair = min(s.stairs - 1, int(step // (s.total_steps / s.stairs)))
-    return low + int(round(stair * (high - low) / (s.stairs - 1)))
-  # linear and stepwise are the latent curriculum's shapes; stepwise stages at powers of two.
-  return latents.num_latents_at(
+  return schedules.ramp(
     step,
-    strategy='curriculum',
-    min_latents=low,
-    max_latents=high,
+    low=s.length_min,
+    high=s.length,
     total_steps=s.total_steps,
-    seed=0,  # unused by a curriculum
-    buckets=tuple(2**k for k in range(1, high.bit_length())),
-    schedule=s.schedule,
+    shape=s.schedule,
     warmup_fraction=s.warmup_fraction,
+    stages=tuple(2**k for k in range(1, s.length.bit_length())),  # stepwise: powers of two
+    stairs=s.stairs,
   )
 
 
 def check_copy_config(config: Any) -> None:
-  """What `config_lib.validate` checks of the copy keys: the settings against the window, the
-  curriculum's link to train.steps, and no copy-only key set for another dataset."""
+  """What `config_lib.validate` checks of the copy keys: the settings against the window, and
+  no copy-only key set for another dataset."""
   d = config.data
   if d.name != 'copy':
     if (
@@ -163,10 +159,4 @@ def check_copy_config(config: Any) -> None:
         f"data.name='copy', not {d.name!r}; leave them at 0 / 'none'."
       )
     return
-  settings = copy_settings(d, config.model.max_context + 1)
-  if settings.schedule != 'none' and settings.total_steps != config.train.steps:
-    raise errors.UserError(
-      f'data.copy_length_total_steps={settings.total_steps} must equal '
-      f'train.steps={config.train.steps} (the curriculum counts fractions of the run); set '
-      f'--config.data.copy_length_total_steps={config.train.steps}.'
-    )
+  copy_settings(d, config.model.max_context + 1, config.train.steps)

@@ -15,7 +15,6 @@ A curriculum (`copy_settings`) may grow L over training; `copy_length_at` says L
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -32,9 +31,7 @@ def copy_length_at(config: Any, step: int) -> int:
   """The copy task's example length L at training step `step` of the run `config` describes
   (its data.copy_* curriculum over train.steps; data.copy_length, or the window M, without
   one). A pure function of (config, step): a resumed run sees the same L."""
-  settings = copy_settings(config.data, config.model.max_context + 1)
-  if settings.schedule != 'none':
-    settings = dataclasses.replace(settings, total_steps=int(config.train.steps))
+  settings = copy_settings(config.data, config.model.max_context + 1, config.train.steps)
   return scheduled_length(settings, step)
 
 

@@ -19,7 +19,7 @@
   copy_length_schedule, copy_length_min, copy_length_warmup_fraction, copy_length_stairs
                 copy task: a curriculum growing L from copy_length_min to copy_length
                 ('none' = off; linear | stepwise | staircase, as latents.schedule;
-                copy_settings.py); copy_length_total_steps is train.steps (linked).
+                copy_settings.py), over the run's train.steps (`make_dataset(total_steps=)`).
   copy_train_lengths  copy task: () or (a, b): streamed training examples of lengths drawn
                 log-uniformly in [a, b] per example (copies at many distances); evaluation
                 keeps copy_length.
@@ -157,6 +157,7 @@ def make_dataset(
   window: int,
   seed: int = 0,
   *,
+  total_steps: int = 0,
   enwik8: sources.Enwik8Spec = sources.STANDARD_ENWIK8,
 ) -> ByteDataset:
   """Validates `data_config` and returns its dataset; prepares tfds files once.
@@ -165,6 +166,8 @@ def make_dataset(
     data_config: `config.data` (ConfigDict or dict); keys and defaults in `base.DEFAULTS`.
     window: W = M + 1 bytes per training example.
     seed: seeds the copy task's fixed validation / test streams (file datasets ignore it).
+    total_steps: the training run's train.steps, which the copy task's length curriculum
+      counts fractions of (0: not for training; evaluation reads only the final length).
     enwik8: what data.name='enwik8' reads (URL, SHA-1, split sizes, fetch); the standard file
       unless given (e.g. a small stand-in archive).
 
@@ -190,7 +193,7 @@ def make_dataset(
     )
 
   if name == 'copy':
-    return CopyDataset(copy_settings(data_config, window), window, seed)
+    return CopyDataset(copy_settings(data_config, window, total_steps), window, seed)
   if name == 'recall':
     return RecallDataset(recall_settings(data_config, window), window, seed)
 

@@ -163,7 +163,9 @@ def _train_holding_lock(
   mesh = parallel.make_mesh()
   _check_batch(t, mesh)
   model = config_lib.create_model(config)
-  dataset = data.make_dataset(config.data, window=windows.row_length(config), seed=config.seed)
+  dataset = data.make_dataset(
+    config.data, windows.row_length(config), config.seed, total_steps=t.steps
+  )
 
   _warn_unfinished_saves(workdir)
   mngr = checkpoints.manager(
