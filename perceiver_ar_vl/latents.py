@@ -63,8 +63,8 @@ def _tuple_flag(values: Sequence[int]) -> str:
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:
-  """The smallest bucket >= n. Raises UserError if n < 1 or no bucket can hold n."""
-  buckets = validate_buckets(buckets)
+  """The smallest bucket >= n of `buckets` (checked once, by `validate_buckets`: sorted and
+  positive). Raises UserError if n < 1 or no bucket can hold n."""
   n = int(n)
   if n < 1:
     raise errors.UserError(f'Number of latents must be >= 1, got {n}.')
@@ -75,11 +75,6 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
     f'No bucket can hold {n} latents: the largest of latents.buckets={buckets} is '
     f'{buckets[-1]}. Add a bucket >= {n} to latents.buckets or lower the latent count.'
   )
-
-
-def padding_waste(n: int, buckets: Sequence[int]) -> float:
-  """Bucket size over active latents (>= 1): the compute spent per useful latent slot."""
-  return bucket_for(n, buckets) / n
 
 
 def validate_strategy(
@@ -162,22 +157,6 @@ def latent_count(config: Any, step: int) -> int:
     stair_size=lat.stair_size,
     stairs=lat.stairs,
   )
-
-
-def buckets_ahead(config: Any, start_step: int) -> list[int]:
-  """The buckets steps [start_step, train.steps) use, sorted: what a run compiles at start-up.
-
-  Stops reading the schedule once every bucket that [latents.min, latents.max] can reach has
-  appeared (a uniform run shows them all within a few steps; a curriculum reads ~1 us a step).
-  """
-  lat = config.latents
-  reachable = {bucket_for(n, lat.buckets) for n in range(lat.min, lat.max + 1)}
-  used: set[int] = set()
-  for step in range(start_step, config.train.steps):
-    used.add(bucket_for(latent_count(config, step), lat.buckets))
-    if used == reachable:
-      break
-  return sorted(used)
 
 
 def check_latents(num_latents, bucket: int | None, context: int) -> int:

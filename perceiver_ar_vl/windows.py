@@ -89,11 +89,3 @@ def row_length(config: Any) -> int:
   """Bytes in each training row: the largest training window + 1 (its targets). M + 1 unless
   the window is 'fixed' below M, whose rows then hold only what the steps read."""
   return max(window_buckets(config)) + 1
-
-
-def windows_ahead(config: Any, start_step: int) -> list[int]:
-  """The windows steps [start_step, train.steps) use, sorted (a schedule only grows)."""
-  if config.window.schedule in ('none', 'fixed'):
-    return list(window_buckets(config))
-  first = window_at(config, start_step)
-  return [b for b in window_buckets(config) if b >= first]

@@ -21,6 +21,7 @@ from perceiver_ar_vl import (
   evaluate,
   latents,
   models,
+  step_plan,
   train_state,
   windows,
 )
@@ -298,7 +299,7 @@ def _check_window_schedule(name):
   assert sizes == sorted(sizes) and set(sizes) <= {8, 16, 32}
   assert sizes[-1] == (8 if name == 'fixed' else 32)
   assert (sizes[0] == 32) == (name == 'none')
-  assert windows.windows_ahead(config, 0) == sorted(set(sizes))
+  assert step_plan.plan(config).windows_ahead(0) == sorted(set(sizes))
 
 
 def _check_data_name(name, tmp_path):

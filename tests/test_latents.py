@@ -14,30 +14,31 @@ def test_bucket_for_is_smallest_bucket_that_fits(n, want):
   assert latents.bucket_for(n, BUCKETS) == want
 
 
+@pytest.mark.parametrize('n,match', [(0, '>= 1'), (1025, 'No bucket can hold 1025')])
+def test_bucket_errors_are_clear(n, match):
+  with pytest.raises(ValueError, match=match):
+    latents.bucket_for(n, BUCKETS)
+
+
 @pytest.mark.parametrize(
-  'n,buckets,match',
+  'buckets,match',
   [
-    (0, BUCKETS, '>= 1'),
-    (1025, BUCKETS, 'No bucket can hold 1025'),
-    (4, (), 'empty'),
-    (4, (64, 32), 'strictly increasing'),
-    (4, (32, 32), 'strictly increasing'),
-    (4, (0, 8), 'positive'),
+    ((), 'empty'),
+    ((64, 32), 'strictly increasing'),
+    ((32, 32), 'strictly increasing'),
+    ((0, 8), 'positive'),
   ],
 )
-def test_bucket_errors_are_clear(n, buckets, match):
+def test_bad_buckets_are_refused_once_by_validation(buckets, match):
   with pytest.raises(ValueError, match=match):
-    latents.bucket_for(n, buckets)
+    latents.validate_buckets(buckets)
+  with pytest.raises(ValueError, match=match):
+    latents.validate_strategy('fixed', 4, 4, buckets)
 
 
 def test_buckets_above_window_are_rejected():
   with pytest.raises(ValueError, match='exceeds the window'):
     latents.validate_buckets(BUCKETS, max_context=512)
-
-
-def test_padding_waste_is_bucket_over_n():
-  assert latents.padding_waste(65, BUCKETS) == pytest.approx(128 / 65)
-  assert latents.padding_waste(64, BUCKETS) == 1.0
 
 
 def schedule(strategy, steps=100, **kw):

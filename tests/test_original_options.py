@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import config_lib, errors, latents, sampling
+from perceiver_ar_vl import config_lib, errors, latents, sampling, step_plan
 from perceiver_ar_vl.layers.rotary import apply_rotary
 from perceiver_ar_vl.models import PerceiverAR
 from perceiver_ar_vl.models.base import sinusoidal_table
@@ -219,4 +219,4 @@ def test_staircase_is_the_seed_projects_curriculum():
   expected = [min(512, 64 + 32 * int(step // (10_000 / 14))) for step in range(10_000)]
   assert got == expected
   assert got[714] == 64 and got[715] == 96 and got[-1] == 480
-  assert latents.buckets_ahead(config, 0) == [64, 128, 256, 512]
+  assert step_plan.plan(config).buckets_ahead(0) == [64, 128, 256, 512]

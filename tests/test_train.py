@@ -16,7 +16,15 @@ import optax
 import pytest
 from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env, tiny_config
 
-from perceiver_ar_vl import checkpoints, latents, parallel, run_files, train_state, training
+from perceiver_ar_vl import (
+  checkpoints,
+  latents,
+  parallel,
+  run_files,
+  step_plan,
+  train_state,
+  training,
+)
 from perceiver_ar_vl.training import host_loop, progress, run
 
 
@@ -167,7 +175,8 @@ def test_every_bucket_is_compiled_once_before_the_first_step(tmp_path, monkeypat
   assert run.CompiledSteps is host_loop.CompiledSteps
   monkeypatch.setattr(host_loop.CompiledSteps, '__call__', recording_call)
   summary = training.train(config, str(tmp_path))
-  planned = latents.buckets_ahead(config, 0)
+  plan = step_plan.plan(config)
+  planned = plan.buckets_ahead(0)
   used = {latents.bucket_for(latents.latent_count(config, s), (4, 8, 16, 32)) for s in range(12)}
   assert planned == sorted(used) and len(planned) >= 2
   assert summary['compiles'] == {b: 1 for b in planned}
@@ -177,8 +186,11 @@ def test_every_bucket_is_compiled_once_before_the_first_step(tmp_path, monkeypat
     # Every step runs the program compiled ahead of time, and nothing is traced in the loop.
     assert bucket in planned and isinstance(fn, jax.stages.Compiled)
     assert compiles == summary['compiles']
-  assert latents.buckets_ahead(config, 11) == [
+  assert plan.buckets_ahead(11) == [
     latents.bucket_for(latents.latent_count(config, 11), (4, 8, 16, 32))
+  ]
+  assert [plan.at(s) for s in range(12)] == [
+    (latents.latent_count(config, s), plan.buckets[s], 32) for s in range(12)
   ]
 
 

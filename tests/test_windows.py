@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import config_lib, errors, parallel, run_files, train_state, training, windows
+from perceiver_ar_vl import (
+  config_lib,
+  errors,
+  parallel,
+  run_files,
+  step_plan,
+  train_state,
+  training,
+  windows,
+)
 from perceiver_ar_vl.training import step as step_lib
 
 
@@ -27,7 +36,7 @@ def test_no_curriculum_is_the_full_window_every_step():
   c = tiny_config('fixed')
   assert c.window.schedule == 'none'
   assert {windows.window_at(c, s) for s in range(c.train.steps)} == {32}
-  assert windows.windows_ahead(c, 0) == [32]
+  assert step_plan.plan(c).windows_ahead(0) == [32]
 
 
 def test_linear_schedule_follows_its_formula_rounded_up_to_a_bucket():
@@ -45,14 +54,15 @@ def test_stepwise_spends_equal_time_on_each_bucket():
   assert got == sorted(got) and got[0] == 8 and got[-1] == 32
   counts = [got.count(b) for b in (8, 16, 24, 32)]
   assert max(counts) - min(counts) <= 1, counts
-  assert windows.windows_ahead(c, 17) == [b for b in (8, 16, 24, 32) if b >= got[17]]
+  assert step_plan.plan(c).windows_ahead(17) == [b for b in (8, 16, 24, 32) if b >= got[17]]
+  assert list(step_plan.plan(c).windows) == got
 
 
 def test_a_fixed_window_trains_every_step_at_window_min_on_rows_that_short():
   c = window_config('fixed', steps=12)
   c.window.min = 16
   assert {windows.window_at(c, s) for s in range(12)} == {16}
-  assert windows.windows_ahead(c, 5) == [16]
+  assert step_plan.plan(c).windows_ahead(5) == [16]
   assert windows.row_length(c) == 17  # rows hold what the steps read, not M + 1
   assert windows.row_length(window_config('stepwise')) == 33
 
@@ -117,7 +127,7 @@ def test_a_run_compiles_once_per_window_and_resumes_exactly(tmp_path):
   workdir = str(tmp_path / 'resumed')
   assert training.train(c, workdir, after_step=sigterm_at_step_3)['final_step'] == 3
   second = training.train(c, workdir)  # steps 3..7: window 8 through step 3, then 32
-  assert second['windows_used'] == windows.windows_ahead(c, 3) == [8, 32]
+  assert second['windows_used'] == step_plan.plan(c).windows_ahead(3) == [8, 32]
   want, got = losses(str(tmp_path / 'full')), losses(workdir)
   assert sorted(got) == list(range(1, 9))
   np.testing.assert_allclose(

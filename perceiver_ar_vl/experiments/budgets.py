@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from perceiver_ar_vl import errors, latents
+from perceiver_ar_vl import errors, step_plan
 from perceiver_ar_vl.experiments import flops, step_cost
 
 BUDGETS = ('steps', 'flops', 'seconds')
@@ -28,13 +28,7 @@ BucketCost = Callable[[int], float]
 
 def bucket_schedule(config: ml_collections.ConfigDict, steps: int | None = None) -> list[int]:
   """The latent bucket of every step of `config` run for `steps` steps (default train.steps)."""
-  c = config.copy_and_resolve_references()
-  if steps is not None:
-    c.train.steps = steps
-  return [
-    latents.bucket_for(latents.latent_count(c, step), c.latents.buckets)
-    for step in range(c.train.steps)
-  ]
+  return [int(b) for b in step_plan.plan(config, steps).buckets]
 
 
 def run_cost(

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import config_lib, errors, evaluate, latents, run_files, training
+from perceiver_ar_vl import config_lib, errors, evaluate, run_files, step_plan, training
 from perceiver_ar_vl.experiments import budgets, report, step_cost
 
 # Training knobs a run name may add after '+', and the settings they apply.
@@ -136,8 +136,7 @@ def run_dir(out: str, config: ml_collections.ConfigDict) -> str:
 
 def target_tokens_seen(config: ml_collections.ConfigDict) -> int:
   """Scored targets over the whole run: batch * sum over steps of N (before truncation)."""
-  counts = [latents.latent_count(config, s) for s in range(config.train.steps)]
-  return int(config.train.batch_size * np.sum(counts))
+  return step_plan.plan(config).tokens(config.train.batch_size)
 
 
 def finished_result(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:

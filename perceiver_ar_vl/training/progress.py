@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import checkpoints, latents, runtime
+from perceiver_ar_vl import checkpoints, runtime
 from perceiver_ar_vl.training import metrics
 
 PROFILE_DIR = 'profile'  # under the workdir: TensorBoard's profile plugin reads it
@@ -105,7 +105,7 @@ class MetricLog:
     fetched = jax.device_get([device_metrics for *_, device_metrics in self._pending])
     for (step, n, bucket, _), host_metrics in zip(self._pending, fetched, strict=True):
       r = {k: float(v) for k, v in host_metrics.items()}
-      waste = latents.padding_waste(n, self._config.latents.buckets)  # slots per active latent
+      waste = bucket / n  # latent slots computed per active latent
       records.append(
         {'step': step, 'num_latents': n, 'bucket': bucket, 'padding_waste': waste, **r}
       )

@@ -32,10 +32,10 @@ from perceiver_ar_vl import (
   data,
   errors,
   evaluate,
-  latents,
   parallel,
   run_files,
   runtime,
+  step_plan,
   train_state,
   windows,
 )
@@ -106,6 +106,7 @@ class _Run:
   dataset: data.ByteDataset
   mngr: Any  # orbax CheckpointManager
   workdir: str
+  plan: step_plan.StepPlan  # (N, bucket, window) of every step
 
 
 def _resume_or_start(run: _Run, workdir: str) -> tuple[TrainState, int]:
@@ -175,7 +176,7 @@ def _train_holding_lock(
     keep_every=t.keep_every,
     keep_best=t.keep_best,
   )
-  run = _Run(config, model, mesh, dataset, mngr, workdir)
+  run = _Run(config, model, mesh, dataset, mngr, workdir, step_plan.plan(config))
   steps = CompiledSteps(config, model, mesh, train_state.make_optimizer(t)[1])
   writer = None
   try:
@@ -240,15 +241,14 @@ def _train_steps(
   profiler = StepProfiler(tuple(t.profile_steps), run.workdir)
   last_saved = start_step
   with DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
-    ahead = windows.windows_ahead(config, start_step)  # [M] without a window curriculum
-    buckets = latents.buckets_ahead(config, start_step)
+    ahead = run.plan.windows_ahead(start_step)  # [M] without a window curriculum
+    buckets = run.plan.buckets_ahead(start_step)
     with log.paused('compile') as compiling:
       steps.compile_ahead(buckets, state, base_rng, ahead)
     logging.info('Compiled %d train steps in %.1f s.', len(buckets) * len(ahead), compiling.seconds)
     for step in range(start_step, t.steps):
-      n = latents.latent_count(config, step)
-      bucket = latents.bucket_for(n, config.latents.buckets)
-      step_fn = steps(bucket, windows.window_at(config, step))
+      n, bucket, window = run.plan.at(step)
+      step_fn = steps(bucket, window)
       done = step + 1
       with profiler.step(done):
         state, device_metrics = step_fn(state, next(batches), latent_counts(n), base_rng)
