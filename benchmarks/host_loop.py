@@ -6,7 +6,7 @@
 The loop row runs `training.train` on a fixed-N tiny config (copy task, one bucket, no
 evaluation, one checkpoint at the end) and reads the steps/s it logs every --log_every steps;
 the first window (which holds start-up) is left out and the median of the others is taken. The
-bare row runs the same compiled step (training.host_loop.CompiledSteps, the same bucket and
+bare row runs the same compiled step (training.compiled_steps.CompiledSteps, the same bucket and
 shardings) in a plain Python loop on one batch already on the device, waiting only at the end.
 Their ratio is the host loop's overhead: the issue's goal is <= 1.1x.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from perceiver_ar_vl import config_lib, data, latents, parallel, run_files, train_state, training
-from perceiver_ar_vl.training import host_loop
+from perceiver_ar_vl.training import compiled_steps
 
 flags.DEFINE_integer('steps', 300, 'Training steps of the loop row (and of each bare timing).')
 flags.DEFINE_integer('log_every', 50, 'Steps per logged window of the loop row.')
@@ -63,14 +63,12 @@ def tiny_config():
 
 def bare_seconds_per_step(config) -> float:
   """Median over --repeats of the seconds per step of the loop-free compiled step."""
-  mesh = parallel.make_mesh()
-  model = config_lib.create_model(config)
-  state = train_state.create_train_state(config, model, mesh)
-  schedule = train_state.make_optimizer(config.train)[1]
-  steps = host_loop.CompiledSteps(config, model, mesh, schedule)
+  steps = compiled_steps.CompiledSteps(config)
+  mesh = steps.mesh
+  state = train_state.create_train_state(config, steps.model, mesh)
   rng = jax.device_put(jax.random.PRNGKey(1), parallel.replicated(mesh))
   bucket = latents.bucket_for(FLAGS.latents, config.latents.buckets)
-  steps.compile_ahead([bucket], state, rng)
+  steps.compile_ahead([bucket], state)
   step = steps(bucket)
   dataset = data.make_dataset(config.data, window=FLAGS.window + 1, seed=config.seed)
   batch = parallel.global_batch(dataset.train_batch(0, FLAGS.batch, config.seed), mesh)

@@ -25,7 +25,7 @@ from perceiver_ar_vl import (
   train_state,
   training,
 )
-from perceiver_ar_vl.training import host_loop, progress, run
+from perceiver_ar_vl.training import compiled_steps, progress, run
 
 
 def losses_by_step(workdir):
@@ -165,24 +165,29 @@ def test_prefetched_batches_train_as_unprefetched_ones(tmp_path, monkeypatch):
 def test_every_bucket_is_compiled_once_before_the_first_step(tmp_path, monkeypatch):
   config = tiny_config('curriculum', steps=12)
   seen = []  # (bucket, what the call returned, the trace counts at the call)
-  real_call = host_loop.CompiledSteps.__call__
+  lowered = []  # the buckets compile_ahead lowered, in order
+  real_call, real_lower = compiled_steps.CompiledSteps.__call__, compiled_steps.CompiledSteps.lower
 
   def recording_call(self, bucket, window=0):
     fn = real_call(self, bucket, window)
     seen.append((bucket, fn, dict(self.compiles)))
     return fn
 
-  assert run.CompiledSteps is host_loop.CompiledSteps
-  monkeypatch.setattr(host_loop.CompiledSteps, '__call__', recording_call)
+  def recording_lower(self, bucket, window=0, state=None):
+    lowered.append(bucket)
+    return real_lower(self, bucket, window, state)
+
+  assert run.CompiledSteps is compiled_steps.CompiledSteps
+  monkeypatch.setattr(compiled_steps.CompiledSteps, '__call__', recording_call)
+  monkeypatch.setattr(compiled_steps.CompiledSteps, 'lower', recording_lower)
   summary = training.train(config, str(tmp_path))
   plan = step_plan.plan(config)
   planned = plan.buckets_ahead(0)
   used = {latents.bucket_for(latents.latent_count(config, s), (4, 8, 16, 32)) for s in range(12)}
   assert planned == sorted(used) and len(planned) >= 2
   assert summary['compiles'] == {b: 1 for b in planned}
-  loop_calls = seen[len(planned) :]  # compile_ahead's calls come first
-  assert [bucket for bucket, *_ in seen[: len(planned)]] == planned and len(loop_calls) == 12
-  for bucket, fn, compiles in loop_calls:
+  assert lowered == planned and len(seen) == 12  # compiled ahead, then 12 steps
+  for bucket, fn, compiles in seen:
     # Every step runs the program compiled ahead of time, and nothing is traced in the loop.
     assert bucket in planned and isinstance(fn, jax.stages.Compiled)
     assert compiles == summary['compiles']

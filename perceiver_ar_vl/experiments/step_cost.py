@@ -10,29 +10,25 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib, parallel, train_state, windows
-from perceiver_ar_vl.training.step import bucket_step
+from perceiver_ar_vl import parallel, train_state, windows
+from perceiver_ar_vl.training.compiled_steps import CompiledSteps
 
 
 def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
-  """Bytes of the compiled train step at `bucket`: arguments + outputs + temporaries (XLA's
-  compiled memory analysis, without donation)."""
-  model = config_lib.create_model(config)
-  mesh = parallel.make_mesh()
-  abstract_state = train_state.abstract_train_state(config, model, mesh)
-  _, schedule = train_state.make_optimizer(config.train)
-  batch = jax.ShapeDtypeStruct((config.train.batch_size, windows.row_length(config)), jnp.int32)
+  """Bytes of the train step at `bucket` as training compiles it (`CompiledSteps`: the run's
+  shardings, the state donated): arguments + outputs + temporaries - donated buffers, per
+  device (XLA's compiled memory analysis)."""
+  steps = CompiledSteps(config)
+  compiled = steps.lower(bucket, full_window(config)).compile()
+  return compiled_bytes(compiled.memory_analysis())
 
-  step = bucket_step(config, model, bucket, schedule)
-  rng = jax.random.PRNGKey(0)
 
-  compiled = jax.jit(step).lower(abstract_state, batch, jnp.int32(bucket), rng).compile()
-  stats = compiled.memory_analysis()
-  return compiled_bytes(stats)
+def full_window(config: ml_collections.ConfigDict) -> int:
+  """The window a train step sees at the end of any window curriculum (M without one)."""
+  return windows.window_buckets(config)[-1]
 
 
 _MEMORY: dict[tuple[str, int], int] = {}
@@ -64,25 +60,22 @@ def compiled_bytes(stats) -> int:
 def compiled_train_step(
   config: ml_collections.ConfigDict, bucket: int, impl: str | None = None
 ) -> tuple[Callable[[], None], Any]:
-  """The train step of `config`'s model at `bucket` (batch `config.train.batch_size`, donated
-  state, as training runs it), compiled; returns (step, XLA memory analysis) where `step()`
-  runs one step on a fixed random batch and waits for it, and `step.compiled` is the XLA
-  executable (its HLO text: `step.compiled.as_text()`). `impl` overrides
+  """The train step of `config`'s model at `bucket` (batch `config.train.batch_size`),
+  compiled as training compiles it (`CompiledSteps`); returns (step, XLA memory analysis)
+  where `step()` runs one step on a fixed random batch and waits for it, and `step.compiled`
+  is the XLA executable (its HLO text: `step.compiled.as_text()`). `impl` overrides
   model.attention_impl."""
   config = config.copy_and_resolve_references()
   if impl is not None:
     config.model.attention_impl = impl
-  model = config_lib.create_model(config)
-  state = train_state.create_train_state(config, model, parallel.make_mesh())
-  _, schedule = train_state.make_optimizer(config.train)
-
-  step_fn = bucket_step(config, model, bucket, schedule)
-  rng = jax.random.PRNGKey(0)
-
+  steps = CompiledSteps(config)
+  state = train_state.create_train_state(config, steps.model, steps.mesh)
+  compiled = steps.lower(bucket, full_window(config), state).compile()
   shape = (config.train.batch_size, windows.row_length(config))
-  window = jnp.asarray(np.random.default_rng(0).integers(0, 256, shape), jnp.int32)
-  n = jnp.int32(bucket)
-  compiled = jax.jit(step_fn, donate_argnums=0).lower(state, window, n, rng).compile()
+  rows = np.random.default_rng(0).integers(0, 256, shape).astype(np.int32)
+  window = parallel.global_batch(rows, steps.mesh)
+  rep = parallel.replicated(steps.mesh)
+  n, rng = (jax.device_put(x, rep) for x in (np.int32(bucket), jax.random.PRNGKey(0)))
   holder = [state]
 
   def step() -> None:

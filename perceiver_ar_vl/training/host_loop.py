@@ -1,7 +1,7 @@
-"""The host side of a training run: one compiled train step per latent bucket (compiled
-ahead), batches put on the device ahead of their step, and the SIGTERM/SIGINT stop that every
-process agrees on (what it reports: `training.progress`). `training.run.train` strings these
-together; each piece is usable (and tested) alone.
+"""The host side of a training run: batches put on the device ahead of their step, the
+device scalars of the latent counts, and the SIGTERM/SIGINT stop that every process agrees
+on (the compiled steps: `training.compiled_steps`; what the run reports: `training.progress`).
+`training.run.train` strings these together; each piece is usable (and tested) alone.
 """
 
 from __future__ import annotations
@@ -9,20 +9,14 @@ from __future__ import annotations
 import queue
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh
 
 from perceiver_ar_vl import parallel
-from perceiver_ar_vl.train_state import TrainState
-from perceiver_ar_vl.training.step import bucket_step
-from perceiver_ar_vl.windows import row_length
 
 
 class StopSignal:
@@ -95,66 +89,6 @@ class StopVote:
     local = np.full((jax.local_device_count(),), self._stop.number, np.int32)
     codes = jax.make_array_from_process_local_data(parallel.batch_sharded(self._mesh), local)
     return self._gather(codes)
-
-
-class CompiledSteps:
-  """train_step jitted once per latent bucket (and training window, with a window curriculum);
-  `compiles` counts the traces of each latent bucket, `window_compiles` of each window.
-
-  `compile_ahead` compiles the buckets a run will use before its first step (ahead-of-time
-  `.lower().compile()`), so the run never pauses mid-way to compile; a bucket not compiled
-  ahead is still compiled on first use, through jit. `window` 0 is the whole row.
-  """
-
-  def __init__(self, config: ml_collections.ConfigDict, model, mesh: Mesh, schedule):
-    self._config, self._model, self._mesh, self._schedule = config, model, mesh, schedule
-    self._fns: dict[tuple[int, int], Callable] = {}
-    self._compiled: dict[tuple[int, int], Callable] = {}
-    self.compiles: dict[int, int] = {}
-    self.window_compiles: dict[int, int] = {}
-
-  def __call__(self, bucket: int, window: int = 0) -> Callable:
-    key = (bucket, window)
-    if key in self._compiled:
-      return self._compiled[key]
-    if key not in self._fns:
-      t = self._config.train
-      step = bucket_step(self._config, self._model, bucket, self._schedule, window)
-
-      shown = window or self._config.model.max_context  # 0: the whole row
-
-      def counted(state, *args):
-        self.compiles[bucket] = self.compiles.get(bucket, 0) + 1  # runs at trace time only
-        self.window_compiles[shown] = self.window_compiles.get(shown, 0) + 1
-        logging.info('Compiling train_step for bucket %d, window %d.', bucket, shown)
-        new_state, step_metrics = step(state, *args)
-        # The new state is placed like the one that came in (by create_train_state or
-        # restore): replicated, or with train.fsdp split over the data axis, where XLA
-        # all-gathers the parameters for the step and reduce-scatters their gradients.
-        placed = parallel.state_shardings(new_state, self._mesh, t.fsdp)
-        return jax.lax.with_sharding_constraint(new_state, placed), step_metrics
-
-      rep, rows = parallel.replicated(self._mesh), parallel.batch_sharded(self._mesh)
-      # The state's shardings (None): those of the state passed in, which it keeps.
-      self._fns[key] = jax.jit(
-        counted, donate_argnums=0, in_shardings=(None, rows, rep, rep), out_shardings=(None, rep)
-      )
-    return self._fns[key]
-
-  def compile_ahead(
-    self, buckets: list[int], state: TrainState, base_rng: jax.Array, windows: tuple = (0,)
-  ) -> None:
-    """Compiles train_step for each of `buckets` (at each of `windows`) now, one trace each,
-    for `state`'s shapes."""
-    c = self._config
-    rows = (c.train.batch_size, row_length(c))
-    batch = jax.ShapeDtypeStruct(rows, jnp.int32, sharding=parallel.batch_sharded(self._mesh))
-    n = jax.ShapeDtypeStruct((), jnp.int32, sharding=parallel.replicated(self._mesh))
-    for window in windows:
-      for bucket in buckets:
-        if (bucket, window) not in self._compiled:
-          compiled = self(bucket, window).lower(state, batch, n, base_rng).compile()
-          self._compiled[(bucket, window)] = compiled
 
 
 class DeviceBatches:

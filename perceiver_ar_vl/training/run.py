@@ -42,8 +42,8 @@ from perceiver_ar_vl import (
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.train_state import TrainState
 from perceiver_ar_vl.training import metrics, progress, workdir_lock
+from perceiver_ar_vl.training.compiled_steps import CompiledSteps
 from perceiver_ar_vl.training.host_loop import (
-  CompiledSteps,
   DeviceBatches,
   DeviceInts,
   StopSignal,
@@ -177,7 +177,7 @@ def _train_holding_lock(
     keep_best=t.keep_best,
   )
   run = _Run(config, model, mesh, dataset, mngr, workdir, step_plan.plan(config))
-  steps = CompiledSteps(config, model, mesh, train_state.make_optimizer(t)[1])
+  steps = CompiledSteps(config, model, mesh)
   writer = None
   try:
     with StopSignal() as stop:  # from here on, a signal ends in a checkpoint
@@ -244,7 +244,7 @@ def _train_steps(
     ahead = run.plan.windows_ahead(start_step)  # [M] without a window curriculum
     buckets = run.plan.buckets_ahead(start_step)
     with log.paused('compile') as compiling:
-      steps.compile_ahead(buckets, state, base_rng, ahead)
+      steps.compile_ahead(buckets, state, ahead)
     logging.info('Compiled %d train steps in %.1f s.', len(buckets) * len(ahead), compiling.seconds)
     for step in range(start_step, t.steps):
       n, bucket, window = run.plan.at(step)
