@@ -20,7 +20,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from perceiver_ar_vl import errors
+from perceiver_ar_vl import cli, errors
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'sample'], 'What to do.')
@@ -44,7 +44,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv  # errors.run refuses positional arguments
+  del argv  # cli.run refuses positional arguments
   if not (FLAGS.coordinator_address or FLAGS.distributed) and (
     FLAGS.num_processes or FLAGS.process_id >= 0
   ):
@@ -62,7 +62,7 @@ def main(argv):
 
   config = config_lib.validate(FLAGS.config)  # bad settings stop here, before JAX is imported
   from perceiver_ar_vl import parallel, runtime
-  from perceiver_ar_vl.training import metrics
+  from perceiver_ar_vl.runs import metrics
 
   metrics.quiet_orbax_logs()
   runtime.enable_compilation_cache(config.compile_cache_dir)
@@ -77,40 +77,17 @@ def main(argv):
 
     training.train(config, FLAGS.workdir)
   elif FLAGS.mode == 'eval':
-    from perceiver_ar_vl import evaluate
+    from perceiver_ar_vl.evaluation import evaluate
 
     evaluate.evaluate(config, FLAGS.workdir)
   else:
-    print(sample(config, FLAGS.workdir))
+    from perceiver_ar_vl import sampling
 
-
-def sample(config, workdir: str) -> str:
-  """The prompt `config.sample.prompt` and the bytes sampled after it from `workdir`.
-
-  The model sees at most the window's M bytes: a longer prompt is cropped to its last M bytes
-  (with a one-line notice on stderr, as it is what gets printed). The model has no
-  start-of-text token, so an empty prompt samples from a single NUL byte (the padding value),
-  which is not printed.
-  """
-  from perceiver_ar_vl import sampling, train_state
-
-  train_state.checkpoint_step(workdir, config.eval.checkpoint_step)  # no checkpoint: stop here
-  prompt, window = config.sample.prompt, config.model.max_context
-  encoded = prompt.encode('utf-8')
-  if len(encoded) > window:
-    prompt = encoded[-window:].decode('utf-8', errors='ignore')  # drops a split character
-    print(
-      f'note: the prompt has {len(encoded)} bytes, more than the window of {window}; '
-      f'sampling from its last {len(prompt.encode("utf-8"))} bytes.',
-      file=sys.stderr,
-    )
-  start = '\0' if not prompt else ''
-  config.sample.prompt = start + prompt
-  return sampling.sample_from_workdir(config, workdir)[len(start) :]
+    print(sampling.sample_from_workdir(config, FLAGS.workdir))
 
 
 if __name__ == '__main__':
   from perceiver_ar_vl import workdir_config
 
   sys.argv = workdir_config.complete_argv(sys.argv)
-  errors.run(main)
+  cli.run(main)

@@ -23,7 +23,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, data, latents, parallel, run_files, train_state, training
+from perceiver_ar_vl import config_lib, data, latents, parallel, training
+from perceiver_ar_vl.runs import run_files, train_state
 from perceiver_ar_vl.training import compiled_steps
 
 flags.DEFINE_integer('steps', 300, 'Training steps of the loop row (and of each bare timing).')

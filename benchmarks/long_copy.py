@@ -29,7 +29,9 @@ import time
 
 import numpy as np
 
-from perceiver_ar_vl import data, evaluate, run_files, train_state
+from perceiver_ar_vl import data
+from perceiver_ar_vl.evaluation import evaluate
+from perceiver_ar_vl.runs import run_files, train_state
 from perceiver_ar_vl.sampling import sample
 
 

@@ -21,14 +21,14 @@ import os
 
 import jax
 
-from perceiver_ar_vl import errors
+from perceiver_ar_vl import cli
 from perceiver_ar_vl.experiments import step_cost
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def long_copy_config(model_type: str, window: int, batch: int, latents: int):
-  c = errors.load_config_file('config', f'{REPO}/configs/long_copy.py:smoke')
+  c = cli.load_config_file('config', f'{REPO}/configs/long_copy.py:smoke')
   c.model.update(type=model_type, max_context=window, max_wavelength=2.0 * window)
   n = window if model_type == 'transformer' else latents
   c.latents.update(min=n, max=n, buckets=(n,))

@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from perceiver_ar_vl import data, evaluate, run_files, train_state
+from perceiver_ar_vl import data
+from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.layers.match import key_codes
+from perceiver_ar_vl.runs import run_files, train_state
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402

@@ -17,12 +17,13 @@ import argparse
 import json
 import os
 
-from perceiver_ar_vl import errors, evaluate, training
+from perceiver_ar_vl import cli, training
+from perceiver_ar_vl.evaluation import evaluate
 
 
 def run_one(model: str, window: int, steps: int, seed: int, out: str) -> dict:
   """Trains and evaluates one (model, window); returns its row (resumes a finished run)."""
-  config = errors.load_config_file('config', f'configs/recall.py:{model}')
+  config = cli.load_config_file('config', f'configs/recall.py:{model}')
   n = min(config.latents.max, window)
   config.model.update(max_context=window, ecp_segment_length=max(1, window // 8))
   config.latents.update(min=n, max=n, buckets=(n,))

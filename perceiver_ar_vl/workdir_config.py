@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from perceiver_ar_vl import config_defaults, errors
+from perceiver_ar_vl import cli, config_defaults, errors
 
 # What an override may change when the config comes from the workdir: what evaluation and
 # sampling read, and how the model computes (not what it computes).
@@ -65,15 +65,15 @@ def complete_argv(argv: Sequence[str]) -> list[str]:
   """`argv`, with `--config=<this file>:<workdir>` added for `--mode=eval|sample` without
   `--config`; then an override of a key outside `CHANGEABLE` stops with one `error:` line."""
   argv = list(argv)
-  mode, workdir = errors.config_file_arg('mode', argv), errors.config_file_arg('workdir', argv)
-  given = errors.config_file_arg('config', argv) is not None
+  mode, workdir = cli.config_file_arg('mode', argv), cli.config_file_arg('workdir', argv)
+  given = cli.config_file_arg('config', argv) is not None
   if mode not in ('eval', 'sample') or given or not workdir:
     return argv
   for arg in argv[1:]:
     if arg.startswith('--config.'):
       key = arg[len('--config.') :].partition('=')[0]
       if not key.startswith(CHANGEABLE):
-        errors.fail(
+        cli.fail(
           f'--config.{key}: {workdir} holds a trained run, whose model, data and training '
           f'settings stay as it saved them ({os.path.join(workdir, CONFIG_FILE)}); '
           f'{mode} may change only eval.*, sample.*, model.dtype, model.attention_impl and '
@@ -82,5 +82,5 @@ def complete_argv(argv: Sequence[str]) -> list[str]:
   try:
     get_config(workdir)  # no or a foreign config.json: its own line, before absl loads it
   except errors.UserError as e:
-    errors.fail(str(e))
+    cli.fail(str(e))
   return [argv[0], f'--config={os.path.abspath(__file__)}:{workdir}', *argv[1:]]

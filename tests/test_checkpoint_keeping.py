@@ -1,4 +1,4 @@
-"""Pins checkpoint keeping (perceiver_ar_vl/checkpoint_keeping.py): train.keep_checkpoints,
+"""Pins checkpoint keeping (perceiver_ar_vl/runs/checkpoint_keeping.py): train.keep_checkpoints,
 keep_every and keep_best through orbax's preservation policies (a step is kept if any keeps
 it), validation scored at each save with keep_best, and eval.checkpoint_step='best'.
 
@@ -16,13 +16,9 @@ import orbax.checkpoint as ocp
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import (
-  checkpoint_keeping,
-  checkpoints,
-  evaluate,
-  run_files,
-  training,
-)
+from perceiver_ar_vl import training
+from perceiver_ar_vl.evaluation import evaluate
+from perceiver_ar_vl.runs import checkpoint_keeping, checkpoints, run_files
 from perceiver_ar_vl.training import run
 
 # Validation bits per byte at the scored saves of steps 4, 8 and 12, in that order.

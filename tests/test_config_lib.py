@@ -14,21 +14,22 @@ import pytest
 from helpers import tiny_config
 
 from perceiver_ar_vl import (
+  cli,
   config_choices,
   config_lib,
   data,
   errors,
-  evaluate,
   latents,
   models,
   step_plan,
-  train_state,
   windows,
 )
 from perceiver_ar_vl.data import sources
+from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.layers import blocks, kernels, rotary
 from perceiver_ar_vl.layers.masks import causal_mask
 from perceiver_ar_vl.models import base
+from perceiver_ar_vl.runs import train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -127,14 +128,14 @@ def test_cpu_long_preset_keeps_the_cpu_latents_at_a_4096_window():
 
 
 def test_eval_checkpoint_step_takes_a_step_or_best(capsys):
-  """In the config and on the command line (errors.check_override before absl parses it)."""
+  """In the config and on the command line (cli.check_override before absl parses it)."""
   config = config_lib.strategy_config('uniform', 'smoke')
   for value in ('best', 7, 0, -1):
     config.eval.checkpoint_step = value
     config_lib.validate(config)
-    errors.check_override('config', config, f'--config.eval.checkpoint_step={value}')
+    cli.check_override('config', config, f'--config.eval.checkpoint_step={value}')
   with pytest.raises(SystemExit):  # other int settings still refuse a word
-    errors.check_override('config', config, '--config.train.steps=best')
+    cli.check_override('config', config, '--config.train.steps=best')
   assert 'does not parse: train.steps takes an int' in capsys.readouterr().err
 
 

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from helpers import embedding_influence, tiny_config
 
-from perceiver_ar_vl import evaluate, models, sampling, train_state, training
+from perceiver_ar_vl import models, sampling, training
+from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.models.ecp import segment_attention
+from perceiver_ar_vl.runs import train_state
 
 M, SEG = 32, 8
 SIZE = dict(num_heads=2, d_model=16, mlp_dim=32, max_context=M, dropout_rate=0.0)

@@ -1,4 +1,4 @@
-"""Pins perceiver_ar_vl/evaluate.py (with eval_windows.py and copy_metrics.py): every target
+"""Pins perceiver_ar_vl/evaluation/ (evaluate.py, windows.py, copy_metrics.py): every target
 scored once, against a slow reference; separate examples scored in their own windows; the copy
 task's copy / fresh bits against a numpy reference."""
 
@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 from helpers import tensorboard_scalars, tiny_config
 
-from perceiver_ar_vl import data, eval_windows, evaluate, models, run_files, sampling, training
+from perceiver_ar_vl import data, models, sampling, training
+from perceiver_ar_vl.evaluation import evaluate
+from perceiver_ar_vl.evaluation import windows as eval_windows
 from perceiver_ar_vl.models.base import LanguageModel
+from perceiver_ar_vl.runs import run_files
 
 M = 16
 

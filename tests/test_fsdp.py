@@ -17,7 +17,8 @@ import jax
 import numpy as np
 from helpers import REPO, tiny_config
 
-from perceiver_ar_vl import config_lib, parallel, run_files, train_state, training
+from perceiver_ar_vl import config_lib, parallel, training
+from perceiver_ar_vl.runs import run_files, train_state
 
 STEPS, EVERY, DEVICES = 8, 4, 8
 PARAM_ATOL = 1e-3  # a tenth of one step's update at train.learning_rate=1e-2 (see below)
@@ -48,7 +49,8 @@ import jax
 jax.config.update('jax_default_matmul_precision', 'highest')
 import numpy as np
 import test_fsdp
-from perceiver_ar_vl import config_lib, parallel, train_state, training
+from perceiver_ar_vl import config_lib, parallel, training
+from perceiver_ar_vl.runs import train_state
 
 assert jax.device_count() == test_fsdp.DEVICES, jax.devices()
 out = {}

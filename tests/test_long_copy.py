@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from helpers import REPO
 
-from perceiver_ar_vl import config_lib, data, errors, run_files, train_state, training
+from perceiver_ar_vl import config_lib, data, errors, training
 from perceiver_ar_vl.experiments import step_cost
+from perceiver_ar_vl.runs import run_files, train_state
 from perceiver_ar_vl.sampling import sample
 
 BENCHMARK = os.path.join(REPO, 'benchmarks', 'long_copy.py')

@@ -217,7 +217,8 @@ def copy_bits_after_training(options: dict, steps: int = 60) -> float:
   the bytes no 4-gram covers; chance 4)."""
   import optax
 
-  from perceiver_ar_vl import data, evaluate, losses
+  from perceiver_ar_vl import data, losses
+  from perceiver_ar_vl.evaluation import evaluate
 
   shape = dict(TINY_MODEL, num_layers=1, num_heads=2, d_model=32, mlp_dim=64)
   train_model = models.PerceiverAR(**{**shape, 'max_context': 256}, **options)

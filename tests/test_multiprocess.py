@@ -22,8 +22,9 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver_ar_vl import checkpoints, config_lib, run_files, train_state
+from perceiver_ar_vl import config_lib
 from perceiver_ar_vl.data import sources
+from perceiver_ar_vl.runs import checkpoints, run_files, train_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 8, 4

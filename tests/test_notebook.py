@@ -8,7 +8,7 @@ import re
 import pytest
 from helpers import compilation_cache_env
 
-from perceiver_ar_vl import run_files
+from perceiver_ar_vl.runs import run_files
 
 nbclient = pytest.importorskip('nbclient')
 nbformat = pytest.importorskip('nbformat')

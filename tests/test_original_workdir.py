@@ -21,18 +21,10 @@ import numpy as np
 import pytest
 from helpers import REPO, launch_command, launch_env
 
-from perceiver_ar_vl import (
-  checkpoints,
-  config_defaults,
-  config_lib,
-  errors,
-  evaluate,
-  parallel,
-  run_files,
-  sampling,
-  train_state,
-)
+from perceiver_ar_vl import config_defaults, config_lib, errors, parallel, sampling
+from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.original import from_haiku, load_checkpoint, relabel, workdir
+from perceiver_ar_vl.runs import checkpoints, run_files, train_state
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 CHECKPOINT = os.path.join(DATA, 'original_checkpoint.dill')

@@ -14,7 +14,18 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'perceiver_ar_vl'
 MODULES = sorted(PACKAGE.rglob('*.py'))
 MODEL_CLASSES = {'PerceiverAR', 'Transformer', 'ECP'}
 # Folders by layer, lowest first: a module may import its own folder and any lower one.
-LAYERS = ['', 'layers', 'models', 'data', 'sampling', 'training', 'experiments', 'original']
+LAYERS = [
+  '',
+  'layers',
+  'models',
+  'data',
+  'runs',
+  'sampling',
+  'evaluation',
+  'training',
+  'experiments',
+  'original',
+]
 MAX_LINES = 330
 
 

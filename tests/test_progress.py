@@ -10,8 +10,9 @@ import jax
 import pytest
 from helpers import tensorboard_scalars, tiny_config
 
-from perceiver_ar_vl import config_lib, run_files, runtime, training
-from perceiver_ar_vl.training import metrics, progress
+from perceiver_ar_vl import config_lib, runtime, training
+from perceiver_ar_vl.runs import metrics, run_files
+from perceiver_ar_vl.training import progress
 
 
 class FakeClock:

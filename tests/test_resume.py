@@ -17,7 +17,8 @@ import time
 import pytest
 from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env, tiny_config
 
-from perceiver_ar_vl import checkpoints, errors, run_files, train_state, training
+from perceiver_ar_vl import errors, training
+from perceiver_ar_vl.runs import checkpoints, run_files, train_state
 
 STEPS, EVERY = 16, 4
 KILL_ARGS = (

@@ -1,10 +1,10 @@
-"""Pins perceiver_ar_vl/run_files.py: a workdir's small files, written atomically, with the
+"""Pins perceiver_ar_vl/runs/run_files.py: a workdir's small files, written atomically, with the
 metrics of steps a resumed run does again dropped (end to end: tests/test_resume.py)."""
 
 import json
 import os
 
-from perceiver_ar_vl import run_files
+from perceiver_ar_vl.runs import run_files
 
 
 def test_write_atomically_replaces_the_file_and_leaves_no_temporary(tmp_path):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import config_lib, data, parallel, train_state
+from perceiver_ar_vl import config_lib, data, parallel
+from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.training import step as step_lib
 
 

@@ -16,15 +16,8 @@ import optax
 import pytest
 from helpers import REPO, TINY_LAUNCH_ARGS, launch_command, launch_env, tiny_config
 
-from perceiver_ar_vl import (
-  checkpoints,
-  latents,
-  parallel,
-  run_files,
-  step_plan,
-  train_state,
-  training,
-)
+from perceiver_ar_vl import latents, parallel, step_plan, training
+from perceiver_ar_vl.runs import checkpoints, run_files, train_state
 from perceiver_ar_vl.training import compiled_steps, progress, run
 
 

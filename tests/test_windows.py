@@ -12,16 +12,8 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import (
-  config_lib,
-  errors,
-  parallel,
-  run_files,
-  step_plan,
-  train_state,
-  training,
-  windows,
-)
+from perceiver_ar_vl import config_lib, errors, parallel, step_plan, training, windows
+from perceiver_ar_vl.runs import run_files, train_state
 from perceiver_ar_vl.training import step as step_lib
 
 

@@ -14,7 +14,7 @@ import sys
 
 from absl import flags, logging
 
-from perceiver_ar_vl import config_lib, errors
+from perceiver_ar_vl import cli, config_lib, errors
 from perceiver_ar_vl.experiments import budgets, runner
 
 flags.DEFINE_enum('preset', 'smoke', list(runner.EXPERIMENT_PRESETS), 'Scale of the comparison.')
@@ -48,8 +48,8 @@ FLAG_FOR_KEY = {
 
 
 def main(argv: list[str]) -> None:
-  del argv  # errors.run refuses positional arguments
-  from perceiver_ar_vl.training import metrics  # noqa: PLC0415 (imports JAX: after the flags)
+  del argv  # cli.run refuses positional arguments
+  from perceiver_ar_vl.runs import metrics  # noqa: PLC0415 (imports JAX: after the flags)
 
   metrics.quiet_orbax_logs()
   try:
@@ -104,4 +104,4 @@ def run_from_flags() -> None:
 
 
 if __name__ == '__main__':
-  errors.run(main)
+  cli.run(main)

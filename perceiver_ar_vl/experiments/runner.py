@@ -31,8 +31,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import config_lib, errors, evaluate, run_files, step_plan, training
+from perceiver_ar_vl import config_lib, errors, step_plan, training
+from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.experiments import budgets, report, step_cost
+from perceiver_ar_vl.runs import run_files
 
 # Training knobs a run name may add after '+', and the settings they apply.
 VARIANTS = {

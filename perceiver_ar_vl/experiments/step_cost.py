@@ -13,7 +13,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import parallel, train_state, windows
+from perceiver_ar_vl import parallel, windows
+from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.training.compiled_steps import CompiledSteps
 
 

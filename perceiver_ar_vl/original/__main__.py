@@ -18,7 +18,7 @@ import os
 
 from absl import flags
 
-from perceiver_ar_vl import errors
+from perceiver_ar_vl import cli
 from perceiver_ar_vl.original import sweeps
 
 flags.DEFINE_string(
@@ -46,13 +46,13 @@ FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-  del argv  # errors.run refuses positional arguments
+  del argv  # cli.run refuses positional arguments
   from perceiver_ar_vl.original import workdir as original_workdir
 
   kwargs = original_workdir.parse_kwargs(FLAGS.kwargs)
   args = (FLAGS.checkpoint, FLAGS.workdir, FLAGS.sweep, kwargs, FLAGS.relabel)
   original_workdir.check_arguments(*args)  # mistakes stop here, before JAX is imported
-  from perceiver_ar_vl.training import metrics
+  from perceiver_ar_vl.runs import metrics
 
   metrics.quiet_orbax_logs()
   config, step = original_workdir.write_workdir(*args)
@@ -72,4 +72,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  errors.run(main, config_flags=())
+  cli.run(main, config_flags=())

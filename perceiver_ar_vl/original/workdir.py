@@ -181,7 +181,7 @@ def write_workdir(
   else:
     ids = relabel.widen(int(kwargs['num_classes']))
     variables = {'params': relabel.relabel_vocabulary(variables['params'], ids)}
-  from perceiver_ar_vl import run_files
+  from perceiver_ar_vl.runs import run_files
 
   run_files.write_config(config, workdir)
   save_state(config, variables, step, workdir)
@@ -194,7 +194,7 @@ def save_state(config: ml_collections.ConfigDict, variables: dict, step: int, wo
   import jax
   import jax.numpy as jnp
 
-  from perceiver_ar_vl import checkpoints, train_state
+  from perceiver_ar_vl.runs import checkpoints, train_state
 
   tx, _ = train_state.make_optimizer(config.train)
   model = config_lib.create_model(config)

@@ -3,7 +3,7 @@ filtering (`filters`), and from text prompts or trained workdirs (`text`)."""
 
 from perceiver_ar_vl.sampling.decode import latent_counts, reset_latents, sample
 from perceiver_ar_vl.sampling.filters import filter_logits
-from perceiver_ar_vl.sampling.text import generate_text, sample_from_workdir
+from perceiver_ar_vl.sampling.text import fit_prompt, generate_text, sample_from_workdir
 
 __all__ = [
   'filter_logits',
@@ -11,5 +11,6 @@ __all__ = [
   'latent_counts',
   'reset_latents',
   'sample',
+  'fit_prompt',
   'sample_from_workdir',
 ]

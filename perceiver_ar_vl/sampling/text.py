@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from perceiver_ar_vl import train_state
 from perceiver_ar_vl.models.base import LanguageModel
+from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.sampling.decode import sample
 
 
@@ -26,17 +28,40 @@ def generate_text(
   return bytes(tokens_1xL[0].astype(np.uint8).tolist()).decode('utf-8', errors='replace')
 
 
-def sample_from_workdir(config, workdir: str) -> str:
-  """Restores `workdir`'s checkpoint (`eval.checkpoint_step`) and samples `config.sample`.
+def fit_prompt(prompt: str, window: int) -> tuple[str, str]:
+  """(the prompt the model reads, the text it stands for in the output) for a UTF-8 `prompt`
+  and a window of `window` bytes.
 
-  Returns the prompt followed by the generated text.
+  A prompt longer than the window is cropped to its last `window` bytes (dropping a character
+  the cut splits), with a one-line notice on stderr; both are then that crop. The model has
+  no start-of-text token, so an empty prompt is read as a single NUL byte (the padding value)
+  that stands for nothing in the output.
+  """
+  encoded = prompt.encode('utf-8')
+  if len(encoded) > window:
+    prompt = encoded[-window:].decode('utf-8', errors='ignore')
+    print(
+      f'note: the prompt has {len(encoded)} bytes, more than the window of {window}; '
+      f'sampling from its last {len(prompt.encode("utf-8"))} bytes.',
+      file=sys.stderr,
+    )
+  return (prompt or '\0'), prompt
+
+
+def sample_from_workdir(config, workdir: str) -> str:
+  """Restores `workdir`'s checkpoint (`eval.checkpoint_step`) and samples `config.sample`
+  after its prompt (`fit_prompt`: cropped to the window, an empty one read as a NUL byte).
+
+  Returns the prompt (as cropped) followed by the generated text.
   """
   s = config.sample
+  train_state.checkpoint_step(workdir, config.eval.checkpoint_step)  # none: stop here, cheaply
+  read, shown = fit_prompt(s.prompt, config.model.max_context)
   model, variables, _ = train_state.restore_params(config, workdir, config.eval.checkpoint_step)
   text = generate_text(
     model,
     variables,
-    s.prompt,
+    read,
     length=s.length,
     num_latents=s.num_latents or config.latents.max,
     temperature=s.temperature,
@@ -45,4 +70,4 @@ def sample_from_workdir(config, workdir: str) -> str:
     seed=s.seed,
     cached=s.cached,
   )
-  return s.prompt + text
+  return shown + text

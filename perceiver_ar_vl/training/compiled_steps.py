@@ -17,9 +17,10 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from perceiver_ar_vl import config_lib, parallel, train_state
+from perceiver_ar_vl import config_lib, parallel
 from perceiver_ar_vl.models.base import LanguageModel
-from perceiver_ar_vl.train_state import TrainState
+from perceiver_ar_vl.runs import train_state
+from perceiver_ar_vl.runs.train_state import TrainState
 from perceiver_ar_vl.training.step import bucket_step
 from perceiver_ar_vl.windows import row_length
 

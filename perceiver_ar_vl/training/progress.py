@@ -20,8 +20,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import checkpoints, runtime
-from perceiver_ar_vl.training import metrics
+from perceiver_ar_vl import runtime
+from perceiver_ar_vl.runs import checkpoints, metrics
 
 PROFILE_DIR = 'profile'  # under the workdir: TensorBoard's profile plugin reads it
 

@@ -26,22 +26,12 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from perceiver_ar_vl import (
-  checkpoints,
-  config_lib,
-  data,
-  errors,
-  evaluate,
-  parallel,
-  run_files,
-  runtime,
-  step_plan,
-  train_state,
-  windows,
-)
+from perceiver_ar_vl import config_lib, data, errors, parallel, runtime, step_plan, windows
+from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.models.base import LanguageModel
-from perceiver_ar_vl.train_state import TrainState
-from perceiver_ar_vl.training import metrics, progress, workdir_lock
+from perceiver_ar_vl.runs import checkpoints, metrics, run_files, train_state
+from perceiver_ar_vl.runs.train_state import TrainState
+from perceiver_ar_vl.training import progress, workdir_lock
 from perceiver_ar_vl.training.compiled_steps import CompiledSteps
 from perceiver_ar_vl.training.host_loop import (
   DeviceBatches,

@@ -17,7 +17,7 @@ import optax
 
 from perceiver_ar_vl import data, losses
 from perceiver_ar_vl.models.base import LanguageModel
-from perceiver_ar_vl.train_state import TrainState
+from perceiver_ar_vl.runs.train_state import TrainState
 
 _TRUNCATION_STREAM = 0x7472  # fold_in tag: truncation draws, independent of dropout's
 

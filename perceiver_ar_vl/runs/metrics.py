@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 import jax
 from absl import logging
 
-from perceiver_ar_vl import run_files
+from perceiver_ar_vl.runs import run_files
 
 TENSORBOARD_DIR = 'tensorboard'
 WANDB_ID_FILE = 'wandb_id'

@@ -13,8 +13,9 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from perceiver_ar_vl import checkpoints, config_lib, parallel
+from perceiver_ar_vl import config_lib, parallel
 from perceiver_ar_vl.models.base import LanguageModel
+from perceiver_ar_vl.runs import checkpoints
 
 
 class TrainState(train_state.TrainState):

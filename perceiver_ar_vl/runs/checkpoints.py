@@ -21,7 +21,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from perceiver_ar_vl import checkpoint_keeping, errors, orbax_noise, parallel
+from perceiver_ar_vl import errors, parallel
+from perceiver_ar_vl.runs import checkpoint_keeping, orbax_noise
 
 # Orbax's name for a step directory still being written (a suffix may follow).
 UNFINISHED_MARKER = '.orbax-checkpoint-tmp'

@@ -6,7 +6,7 @@ right before the block's last target, so each target sees up to M-N+j bytes of p
 the split; byte 0 has no context) is scored exactly once. `mode='stride1'` instead scores each
 target with its own window, by the last latent only: exact full-context, and L times slower.
 A split of separate examples ([E, L], the aligned copy task) is scored example by example,
-each window starting at its example's first byte (`eval_windows`). On the copy task every
+each window starting at its example's first byte (`evaluation.windows`). On the copy task every
 result also says what was learned: bits on the copied bytes and on the random ones, and by
 the distance back to the copy's source (`copy_metrics`).
 """
@@ -26,24 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import (
-  config_choices,
-  config_lib,
-  copy_metrics,
-  data,
-  eval_report,
-  eval_windows,
-  losses,
-  parallel,
-  runtime,
-  train_state,
-)
+from perceiver_ar_vl import config_choices, config_lib, data, losses, parallel, runtime
+from perceiver_ar_vl.evaluation import copy_metrics
+from perceiver_ar_vl.evaluation import report as eval_report
+from perceiver_ar_vl.evaluation import windows as eval_windows
 
 # Re-exported: the windows evaluation scores are part of its interface.
-from perceiver_ar_vl.eval_windows import block_windows as block_windows
-from perceiver_ar_vl.eval_windows import window_ends as window_ends
+from perceiver_ar_vl.evaluation.windows import block_windows as block_windows
+from perceiver_ar_vl.evaluation.windows import window_ends as window_ends
 from perceiver_ar_vl.models.base import LanguageModel
-from perceiver_ar_vl.training import metrics
+from perceiver_ar_vl.runs import metrics, train_state
 
 
 @functools.lru_cache(maxsize=32)
@@ -97,7 +89,7 @@ def bits_per_byte(
   """Mean next-byte cross-entropy of `stream` in bits and nats, every target scored once.
 
   `stream`: uint8 [L], one stream; or [E, L], E examples each scored in its own windows
-  (`eval_windows`: the aligned copy task). `max_bytes` > 0 scores only the first `max_bytes`
+  (`evaluation.windows`: the aligned copy task). `max_bytes` > 0 scores only the first `max_bytes`
   bytes. `source_distances` (int, shaped as `stream`; 0 = a byte with no copy source) adds
   the copy task's `copy_metrics` (copy_bits, fresh_bits, bits_by_distance, ...). Runs data
   parallel over `mesh`. An evaluation that runs longer than PROGRESS_SECONDS logs, that often,
