@@ -18,12 +18,6 @@ from perceiver_ar_vl import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.make_config(
-    arg,
-    name='curriculum_stepwise',
-    model_type='perceiver_ar',  # config_choices.MODEL_TYPES
-    strategy='curriculum',  # N grows from min to max over latents.warmup_fraction of training
-    min_latents=64,  # latents.min, seed units
-    max_latents=512,  # latents.max, seed units
-    schedule='stepwise',  # curriculum shape: linear | stepwise
-  )
+  # The run is declared in perceiver_ar_vl/named_runs.py (RUN_SETTINGS), so an installed
+  # package has it too; this file is its command-line name.
+  return config_lib.strategy_config('curriculum_stepwise', arg)

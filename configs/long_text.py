@@ -1,6 +1,6 @@
 """Perceiver AR with a long window whose cross-attend also finds the prefix by content: n-gram
 match heads of 4, 8 and 16 bytes (perceiver_ar_vl/layers/match.py) beside the usual heads,
-N = fixed_512's latents of the preset, the window WINDOW_FACTOR times the preset's.
+N = fixed_512's latents of the preset, the window 4 times the preset's (named_runs.py).
 
 A match head averages, over every earlier place in the window where the latent's last k bytes
 occurred, what came next: an n-gram estimate over the whole window (the kind of statistic
@@ -15,27 +15,13 @@ Equal training time against the strategy runs (the table in docs/match_heads.md)
     --heldout_path=...
 
 Presets (`:smoke`, `:cpu`, `:cpu_long`, none = `:gpu`) as the other runs
-(perceiver_ar_vl/config_defaults.py), then the window x WINDOW_FACTOR and the match heads.
+(perceiver_ar_vl/config_defaults.py), then the window x 4 and the match heads.
 """
 
 from perceiver_ar_vl import config_lib
 
-WINDOW_FACTOR = 4  # the window against the preset's (cpu: 256 -> 1024)
-MATCH_NGRAMS = (4, 8, 16)
-
 
 def get_config(arg=None):
-  c = config_lib.make_config(
-    arg,
-    name='long_text',
-    model_type='perceiver_ar',
-    strategy='fixed',
-    min_latents=512,  # seed units: fixed_512's latents at the preset's own window
-    max_latents=512,
-  )
-  window = c.model.max_context * WINDOW_FACTOR
-  c.model.update(max_context=window, match_ngrams=MATCH_NGRAMS)
-  c.model.max_wavelength = max(c.model.max_wavelength, float(window))
-  if c.data.name == 'copy':
-    c.data.copy_length = window
-  return c
+  # The run is declared in perceiver_ar_vl/named_runs.py (RUN_SETTINGS), so an installed
+  # package has it too; this file is its command-line name.
+  return config_lib.strategy_config('long_text', arg)

@@ -1,129 +1,32 @@
-"""The experiment config: every key with its default, the presets, the named runs, building
-the model, and validation with errors that say what to change.
-
-A config file in `configs/` is one named run (`make_config` with the run's own latent
-strategy and model type, written out in the file) at the preset its argument names
-(`configs/curriculum.py:smoke`). The presets (`PRESET_SETTINGS`):
-  * ''/'gpu' — the seed experiment: enwik8, window 1024, 6 layers, d_model 512, batch 32, bf16;
-  * 'cpu'    — a 0.86M-parameter model, window 256, that learns real text on 2 CPU cores;
-  * 'cpu_long' — the 'cpu' model and latent counts with a 4096-byte window (16x the context
-               for the cost of a longer cross-attend; full-window models scale to 4096);
-  * 'smoke'  — a tiny model on the synthetic copy task, under 2 minutes on a 2-core CPU.
-Runs give their latent counts in seed units (window 1024); a preset with another window
-scales them and the buckets by window / 1024 (Perceiver AR under 'cpu_long': by 256 / 1024),
-so `fixed_512` always means "half the window" and the comparison keeps its shape.
+"""The experiment config: validation with errors that say what to change, and building the
+model a config describes. The keys and their defaults are `config_defaults`, the presets
+`presets` (`make_config`, `apply_preset`), the named runs `named_runs` (`strategy_config`);
+their names stay importable from here.
 
 `validate` imports no JAX, so a bad setting stops `launch.py` before JAX starts.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import TYPE_CHECKING
 
 import ml_collections
 
 from perceiver_ar_vl import config_checks, config_choices, data, errors, latents, windows
-from perceiver_ar_vl.config_defaults import PRESET_SETTINGS, base_config
+
+# The presets and the named runs, importable from here as they always were.
+from perceiver_ar_vl.config_defaults import PRESET_SETTINGS as PRESET_SETTINGS
+from perceiver_ar_vl.config_defaults import base_config as base_config
+from perceiver_ar_vl.named_runs import RUNS as RUNS
+from perceiver_ar_vl.named_runs import TASK_CONFIGS as TASK_CONFIGS
+from perceiver_ar_vl.named_runs import strategy_config as strategy_config
+from perceiver_ar_vl.presets import SEED_WINDOW as SEED_WINDOW
+from perceiver_ar_vl.presets import apply_preset as apply_preset
+from perceiver_ar_vl.presets import make_config as make_config
+from perceiver_ar_vl.presets import scores_every_position as scores_every_position
 
 if TYPE_CHECKING:  # imported where a model is built: validating a config needs no JAX
   from perceiver_ar_vl.models.base import LanguageModel
-
-# The named runs: each is `configs/<name>.py` (what `strategy_config` and the experiment
-# runner load); 'fixed'/'uniform'/'curriculum' is a run's latent strategy.
-RUNS = (
-  'fixed_512',
-  'fixed_256',
-  'uniform',
-  'curriculum',
-  'curriculum_stepwise',
-  'transformer',
-  'ecp',
-  'long_text',  # fixed_512's latents, a 4x window and n-gram match heads
-)
-# configs/ files that are not runs of the strategy comparison: tasks with presets of their own.
-TASK_CONFIGS = ('long_copy', 'recall')
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
-SEED_WINDOW = 1024  # the window that runs' latent counts are written for
-assert set(PRESET_SETTINGS) == set(config_choices.PRESETS)
-
-
-def scores_every_position(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config.model.type` predicts every window position (latents.max = window)."""
-  return config_choices.MODEL_TYPES[config.model.type].scores_every_position
-
-
-def _scale_latents(c: ml_collections.ConfigDict, window: int) -> None:
-  """Rescales latent counts, buckets and the ECP segment length written for the seed window
-  to `window`."""
-  factor = window / SEED_WINDOW
-  scale = lambda n: max(1, int(round(n * factor)))
-  c.latents.min, c.latents.max = scale(c.latents.min), scale(c.latents.max)
-  c.latents.stair_size = scale(c.latents.stair_size)
-  c.latents.buckets = tuple(sorted({scale(b) for b in c.latents.buckets}))
-  c.model.ecp_segment_length = scale(c.model.ecp_segment_length)
-
-
-def apply_preset(c: ml_collections.ConfigDict, preset: str | None) -> ml_collections.ConfigDict:
-  """Applies `PRESET_SETTINGS[preset]` and scales the latent counts to its window."""
-  preset = preset or ''
-  if preset not in PRESET_SETTINGS:
-    raise errors.UserError(
-      f'Unknown preset {preset!r}; choose one of {config_choices.PRESETS[1:]} (or none), e.g. '
-      'configs/curriculum.py:smoke.'
-    )
-  for key, value in PRESET_SETTINGS[preset].items():
-    if isinstance(value, dict):
-      c[key].update(value)
-    else:
-      section, field = key.split('.')
-      c[section][field] = value
-  if c.model.max_context != SEED_WINDOW:
-    # Perceiver AR keeps the 'cpu' latent counts (those of a 256-byte window) at any longer
-    # window; models that score every position scale with the window.
-    window = c.model.max_context
-    if preset == 'cpu_long' and not scores_every_position(c):
-      window = PRESET_SETTINGS['cpu']['model']['max_context']
-    _scale_latents(c, window)
-  # Rotary angles repeat after max_wavelength positions: a long window takes it along.
-  c.model.max_wavelength = max(c.model.max_wavelength, float(c.model.max_context))
-  return c
-
-
-def make_config(
-  arg: str | None,
-  *,
-  name: str,
-  strategy: str,
-  min_latents: int = 64,
-  max_latents: int = 512,
-  model_type: str = 'perceiver_ar',
-  schedule: str = 'linear',
-) -> ml_collections.ConfigDict:
-  """A run's config: the base config, the run's model type and latent strategy (counts in
-  seed units, window 1024), then the preset `arg`."""
-  c = base_config()
-  c.name = name
-  c.model.type = model_type
-  c.latents.update(strategy=strategy, min=min_latents, max=max_latents, schedule=schedule)
-  return apply_preset(c, arg)
-
-
-def strategy_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """The config of the named run `name` (one of RUNS: `configs/<name>.py`) at preset `arg`."""
-  if name not in RUNS:
-    raise errors.UserError(f'Unknown run config {name!r}; choose one of {RUNS}.')
-  path = os.path.join(CONFIGS_DIR, f'{name}.py')
-  if not os.path.isfile(path):
-    raise errors.MissingFileError(
-      f'The run config {path} is missing: the named runs are the files in configs/ of a '
-      'source checkout; install it with pip install -e . from the repository.'
-    )
-  spec = importlib.util.spec_from_file_location(f'perceiver_ar_vl_configs_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def create_model(config: ml_collections.ConfigDict) -> LanguageModel:

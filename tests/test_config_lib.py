@@ -107,9 +107,16 @@ def test_unknown_preset_and_run_are_clear_errors():
     config_lib.strategy_config('uniform', 'tpu')
   with pytest.raises(errors.UserError, match="Unknown run config 'fixed_128'"):
     config_lib.strategy_config('fixed_128')
-  files = [f.removesuffix('.py') for f in os.listdir(config_lib.CONFIGS_DIR) if f.endswith('.py')]
+  configs = os.path.join(REPO, 'configs')
+  files = [f.removesuffix('.py') for f in os.listdir(configs) if f.endswith('.py')]
   # every named run is its configs/ file; the other files are tasks with their own presets
   assert sorted(config_lib.RUNS + config_lib.TASK_CONFIGS) == sorted(files)
+  for name in config_lib.RUNS:  # each file is the run the package declares
+    spec = importlib.util.spec_from_file_location(f'config_{name}', f'{configs}/{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for preset in ('smoke', 'cpu'):
+      assert module.get_config(preset) == config_lib.strategy_config(name, preset), name
 
 
 def test_cpu_long_preset_keeps_the_cpu_latents_at_a_4096_window():
