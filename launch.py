@@ -60,7 +60,7 @@ def main(argv):
   # Imported here: flags are parsed first.
   from perceiver_ar_vl import config_lib
 
-  config = config_lib.validate(FLAGS.config)  # bad settings stop here, before JAX is imported
+  config = config_lib.read_spec(FLAGS.config)  # checked once here, before JAX is imported
   from perceiver_ar_vl import parallel, runtime
   from perceiver_ar_vl.runs import metrics
 
@@ -71,7 +71,7 @@ def main(argv):
     parallel.initialize_distributed(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-  logging.info('Config:\n%s', config)
+  logging.info('Config:\n%s', FLAGS.config)
   if FLAGS.mode == 'train':
     from perceiver_ar_vl import training
 

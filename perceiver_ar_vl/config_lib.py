@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import ml_collections
 
-from perceiver_ar_vl import config_checks, config_choices, data, errors, latents, windows
+from perceiver_ar_vl import config_checks, config_choices, data, errors, latents, spec, windows
 
 # The presets and the named runs, importable from here as they always were.
 from perceiver_ar_vl.config_defaults import PRESET_SETTINGS as PRESET_SETTINGS
@@ -79,6 +79,16 @@ def _probability(section: ml_collections.ConfigDict, name: str, keys: tuple[str,
         f'{name}.{key}={section[key]} must be a probability in [0, 1); set '
         f'--config.{name}.{key} (0 turns it off).'
       )
+
+
+def read_spec(config: ml_collections.ConfigDict | spec.RunSpec) -> spec.RunSpec:
+  """The run `config` describes, checked once (`validate`) and frozen into a typed
+  `spec.RunSpec`; a RunSpec (already read) is returned as it is. The entry points (launch.py,
+  `training.train`, `evaluation.evaluate.evaluate`, `sampling.sample_from_workdir`, the
+  experiment runner) call this; what they call reads the spec."""
+  if isinstance(config, spec.RunSpec):
+    return config
+  return spec.from_config(validate(config))
 
 
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

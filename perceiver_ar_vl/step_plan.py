@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from perceiver_ar_vl import latents, windows
+from perceiver_ar_vl import latents, spec, windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +50,9 @@ class StepPlan:
 def plan(config: Any, steps: int | None = None) -> StepPlan:
   """The plan of `config`'s run, or of the same run made `steps` steps long (the schedules
   stretch with the run: a curriculum ramps over a fraction of it)."""
+  config = spec.from_config(config)
   if steps is not None and steps != config.train.steps:
-    config = config.copy_and_resolve_references()
-    config.train.steps = int(steps)
+    config = config.replace(train={'steps': int(steps)})
   total = int(config.train.steps)
   counts = np.fromiter(
     (latents.latent_count(config, step) for step in range(total)), np.int32, count=total

@@ -4,38 +4,17 @@ their defaults, and the deterministic (seed, step) rows of a training batch."""
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from perceiver_ar_vl.config_choices import SPLITS
+from perceiver_ar_vl.spec import DataSpec
 
 VOCAB_SIZE = 256
-DEFAULTS = {
-  'name': 'enwik8',
-  'path': '',
-  'heldout_path': '',
-  'data_dir': '',
-  'copy_mode': 'copy',
-  'copy_vocab': 16,
-  'copy_length': 0,
-  'copy_min_crop': 0,  # 0 = the streamed task; > 0 = the original's aligned, cropped examples
-  'copy_length_min': 0,  # curriculum: the first copy_length (0 = no curriculum)
-  'copy_length_schedule': 'none',  # curriculum shape: none | linear | stepwise | staircase
-  'copy_length_warmup_fraction': 0.5,  # linear / stepwise: fraction of training growing L
-  'copy_length_stairs': 4,  # staircase: equal stages of the whole run, min to copy_length
-  # (a, b): each streamed training example's length drawn per example, log-uniformly in
-  # [a, b], so copies come at many distances (no fixed offset solves it); () = copy_length.
-  # Evaluation keeps copy_length: train on short copies, evaluate long ones.
-  'copy_train_lengths': (),
-  # The recall task (MQAR, recall_task.py): pairs per example, symbols per alphabet, key length.
-  'recall_pairs': 32,
-  'recall_vocab': 16,
-  'recall_key_bytes': 2,
-  'in_memory_bytes': 1 << 30,  # 1 GiB: enwik8's 90 MB train split is held in memory
-  'record_bytes': 64 * 1024,  # bytes per prepared array_record record
-}
+DEFAULTS = dataclasses.asdict(DataSpec())  # the keys of config.data, declared in spec.py
 ROW_TAG = 0x64617461  # 'data': training rows' streams, apart from other per-step streams
 PAD = -1  # a training row's left padding (the aligned copy task): not attended, not scored
 

@@ -13,7 +13,6 @@ the distance back to the copy's source (`copy_metrics`).
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import config_choices, config_lib, data, losses, parallel, runtime
+from perceiver_ar_vl import config_choices, config_lib, data, losses, parallel, runtime, spec
 from perceiver_ar_vl.evaluation import copy_metrics
 from perceiver_ar_vl.evaluation import report as eval_report
 from perceiver_ar_vl.evaluation import windows as eval_windows
@@ -177,21 +176,21 @@ def latent_counts_to_score(config: Any) -> list[int]:
   return sorted({default_num_latents(config), *(int(n) for n in config.eval.latents_sweep)})
 
 
-def at_window(config: Any, window: int) -> Any:
-  """`config` evaluated at window `window` (model.max_context; the parameters do not depend
+def at_window(config: spec.RunSpec, window: int) -> spec.RunSpec:
+  """The run evaluated at window `window` (model.max_context; the parameters do not depend
   on it). On the copy task the examples become `window` bytes long (copy distance about
   window / 2) and two are scored (eval.max_bytes = 2 * window): the second has the whole
   first as context."""
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config.model.max_context = int(window)
+  run, window = spec.from_config(config), int(window)
+  copy_task = run.data.name == 'copy'
+  return run.replace(
+    model={'max_context': window},
     # Training settings that depend on the window do not apply to evaluation.
-    config.latents.buckets = tuple(b for b in config.latents.buckets if b <= window) or (window,)
-    config.window.schedule = 'none'
-    if config.data.name == 'copy':
-      config.data.copy_length = int(window)
-      config.eval.max_bytes = 2 * int(window)
-  return config
+    latents={'buckets': tuple(b for b in run.latents.buckets if b <= window) or (window,)},
+    window={'schedule': 'none'},
+    data={'copy_length': window} if copy_task else {},
+    eval={'max_bytes': 2 * window} if copy_task else {},
+  )
 
 
 def evaluate(config: Any, workdir: str) -> dict[str, Any]:
@@ -206,15 +205,15 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   'bits_by_distance' (`copy_metrics`); on the recall task also 'recall_accuracy'. Returns the
   same dict.
   """
-  config_lib.validate(config)
+  config = config_lib.read_spec(config)
   runtime.show_info_logs()  # a notebook sees the progress of a long evaluation
   runtime.enable_compilation_cache(config.compile_cache_dir)
   e = config.eval
   train_state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
   configs = [at_window(config, w) for w in e.windows] or [config]
   if e.windows:  # every window checked before any is scored
-    for windowed in configs:
-      config_lib.validate(windowed)
+    for windowed in configs:  # the run's settings at another window
+      config_lib.validate(spec.to_config(windowed))
   # The parameters do not depend on the window: read them once, build the model per window.
   _, variables, step = train_state.restore_params(config, workdir, e.checkpoint_step)
   rows = []

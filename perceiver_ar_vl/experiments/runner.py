@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import config_lib, errors, step_plan, training
+from perceiver_ar_vl import config_lib, errors, spec, step_plan, training
 from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.experiments import budgets, report, step_cost
 from perceiver_ar_vl.runs import run_files
@@ -98,9 +98,9 @@ def run_config(
   data_path: str = '',
   heldout_path: str = '',
   eval_max_bytes: int = 0,
-) -> ml_collections.ConfigDict:
+) -> spec.RunSpec:
   """Run `name` (a named run, optionally '+variant'...) at `preset` and `seed`, with the step
-  count that `budget` gives it (see the module docstring)."""
+  count that `budget` gives it (see the module docstring), read once into its spec."""
   base, *variants = name.split('+')
   shared = dict(
     steps=steps, data_path=data_path, heldout_path=heldout_path, eval_max_bytes=eval_max_bytes
@@ -117,7 +117,7 @@ def run_config(
     total = budgets.run_cost(reference, _cost(budget, reference))
     c.train.steps = budgets.steps_for_budget(c, _cost(budget, c), total)
     c.train.checkpoint_every = max(c.train.steps // 4, 1)
-  return config_lib.validate(c)
+  return config_lib.read_spec(c)
 
 
 _COSTS: dict[tuple[str, str], budgets.BucketCost] = {}
@@ -125,7 +125,7 @@ _COSTS: dict[tuple[str, str], budgets.BucketCost] = {}
 
 def _cost(budget: str, config: ml_collections.ConfigDict) -> budgets.BucketCost:
   """budgets.bucket_cost, kept per (budget, model and batch) so each bucket is timed once."""
-  key = (budget, config.model.to_json() + repr(config.train.batch_size))
+  key = (budget, repr(spec.from_config(config).model) + repr(config.train.batch_size))
   if key not in _COSTS:
     _COSTS[key] = budgets.bucket_cost(budget, config)
   return _COSTS[key]
@@ -153,7 +153,7 @@ def finished_result(workdir: str, config: ml_collections.ConfigDict) -> dict[str
   return None
 
 
-def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def run_one(config: spec.RunSpec, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) and evaluates one run; caches the result in `run.json`. Raises
   RunStopped when a signal stopped the training before its last step."""
   result = finished_result(workdir, config)

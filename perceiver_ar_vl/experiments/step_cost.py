@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import parallel, windows
+from perceiver_ar_vl import parallel, spec, windows
 from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.training.compiled_steps import CompiledSteps
 
@@ -39,7 +39,8 @@ def cached_train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> 
   """train_step_memory, computed once per (model, train settings, bucket) in this process."""
   t = config.train
   key = (
-    config.model.to_json() + repr((t.batch_size, t.grad_accum_steps, t.random_truncation)),
+    repr(spec.from_config(config).model)
+    + repr((t.batch_size, t.grad_accum_steps, t.random_truncation)),
     bucket,
   )
   if key not in _MEMORY:
@@ -59,16 +60,16 @@ def compiled_bytes(stats) -> int:
 
 
 def compiled_train_step(
-  config: ml_collections.ConfigDict, bucket: int, impl: str | None = None
+  config: spec.RunSpec, bucket: int, impl: str | None = None
 ) -> tuple[Callable[[], None], Any]:
   """The train step of `config`'s model at `bucket` (batch `config.train.batch_size`),
   compiled as training compiles it (`CompiledSteps`); returns (step, XLA memory analysis)
   where `step()` runs one step on a fixed random batch and waits for it, and `step.compiled`
   is the XLA executable (its HLO text: `step.compiled.as_text()`). `impl` overrides
   model.attention_impl."""
-  config = config.copy_and_resolve_references()
+  config = spec.from_config(config)
   if impl is not None:
-    config.model.attention_impl = impl
+    config = config.replace(model={'attention_impl': impl})
   steps = CompiledSteps(config)
   state = train_state.create_train_state(config, steps.model, steps.mesh)
   compiled = steps.lower(bucket, full_window(config), state).compile()

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from perceiver_ar_vl import errors
+from perceiver_ar_vl import errors, spec
 
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'train_summary.json'
@@ -28,11 +28,12 @@ def write_atomically(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def write_config(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str) -> None:
   """`config.json`: the run's whole config (process 0)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    write_atomically(os.path.join(workdir, 'config.json'), config.to_json_best_effort(indent=2))
+    text = spec.to_config(spec.from_config(config)).to_json_best_effort(indent=2)
+    write_atomically(os.path.join(workdir, 'config.json'), text)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 
+from perceiver_ar_vl import config_lib, spec
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.sampling.decode import sample
@@ -48,12 +49,13 @@ def fit_prompt(prompt: str, window: int) -> tuple[str, str]:
   return (prompt or '\0'), prompt
 
 
-def sample_from_workdir(config, workdir: str) -> str:
+def sample_from_workdir(config: spec.RunSpec, workdir: str) -> str:
   """Restores `workdir`'s checkpoint (`eval.checkpoint_step`) and samples `config.sample`
   after its prompt (`fit_prompt`: cropped to the window, an empty one read as a NUL byte).
 
   Returns the prompt (as cropped) followed by the generated text.
   """
+  config = config_lib.read_spec(config)
   s = config.sample
   train_state.checkpoint_step(workdir, config.eval.checkpoint_step)  # none: stop here, cheaply
   read, shown = fit_prompt(s.prompt, config.model.max_context)

@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
-from perceiver_ar_vl import runtime
+from perceiver_ar_vl import runtime, spec
 from perceiver_ar_vl.runs import checkpoints, metrics
 
 PROFILE_DIR = 'profile'  # under the workdir: TensorBoard's profile plugin reads it
@@ -45,7 +44,7 @@ class MetricLog:
   def __init__(
     self,
     writer: metrics.MetricWriter,
-    config: ml_collections.ConfigDict,
+    config: spec.RunSpec,
     workdir: str,
     clock: Callable[[], float] = time.perf_counter,
   ):
@@ -164,7 +163,7 @@ def check_finite(records: list[dict], workdir: str, last_saved: int) -> None:
       )
 
 
-def unused_settings(config: ml_collections.ConfigDict) -> list[str]:
+def unused_settings(config: spec.RunSpec) -> list[str]:
   """Notices for the train settings that this run cannot use as written (a warmup longer
   than the run, logs or saves spaced wider than it): each says what happens instead."""
   t, found = config.train, []
@@ -174,8 +173,9 @@ def unused_settings(config: ml_collections.ConfigDict) -> list[str]:
       f'{t.steps}): the learning rate warms up over {max(t.steps - 1, 0)} steps instead.'
     )
   for key, what in (('log_every', 'progress is logged'), ('checkpoint_every', 'it is saved')):
-    if t[key] > t.steps:
-      found.append(f'train.{key}={t[key]} > train.steps={t.steps}: {what} at the end only.')
+    value = getattr(t, key)
+    if value > t.steps:
+      found.append(f'train.{key}={value} > train.steps={t.steps}: {what} at the end only.')
   if t.eval_every >= t.steps:
     found.append(
       f'train.eval_every={t.eval_every} >= train.steps={t.steps}: validation runs at the end only.'
@@ -183,7 +183,7 @@ def unused_settings(config: ml_collections.ConfigDict) -> list[str]:
   return found
 
 
-def start_report(config: ml_collections.ConfigDict, params, cache_dir: str | None) -> None:
+def start_report(config: spec.RunSpec, params, cache_dir: str | None) -> None:
   """Logs (process 0) what is running and the settings this run does not use as written."""
   if jax.process_index() != 0:
     return

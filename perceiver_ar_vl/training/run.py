@@ -136,7 +136,7 @@ def train(
   workdir_lock.WorkdirBusyError before anything there is written or cleaned.
   """
   started = time.perf_counter()
-  config_lib.validate(config)
+  config = config_lib.read_spec(config)
   runtime.show_info_logs()
   with workdir_lock.held(workdir):
     return _train_holding_lock(config, workdir, after_step, started)
