@@ -42,11 +42,11 @@ def time_train_step(
   return StepStats(seconds, int(stats.temp_size_in_bytes), total)
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-  """GFLOP/s of a plain float32 [size, size] x [size, size] matmul in JAX (the roofline that
-  the train step's achieved rate is compared with)."""
+def matmul_gflops(size: int = 2048, repeats: int = 5, dtype: str = 'float32') -> float:
+  """GFLOP/s of a plain [size, size] x [size, size] matmul in JAX, float32 unless `dtype` says
+  otherwise (the roofline that the train step's achieved rate is compared with)."""
   rng = np.random.default_rng(0)
-  a, b = (jnp.asarray(rng.normal(size=(size, size)), jnp.float32) for _ in range(2))
+  a, b = (jnp.asarray(rng.normal(size=(size, size)), dtype) for _ in range(2))
   f = jax.jit(jnp.matmul)
   f(a, b).block_until_ready()
   times = []
