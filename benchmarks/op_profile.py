@@ -47,20 +47,28 @@ CONTAINER_OPS = frozenset({'while', 'conditional', 'call'})
 def hlo_instructions(hlo_text: str) -> dict[str, tuple[frozenset[str], str]]:
   """HLO instruction name -> (its opcodes, including those of a fusion's computation; its JAX
   `op_name`), parsed from a compiled module's text (`compiled.as_text()`)."""
-  computations, instructions, current = {}, {}, None
+  computations, instructions, names_in, current, current_name = {}, {}, {}, None, None
   for line in hlo_text.splitlines():
     header = re.match(r'^(?:ENTRY )?%([\w.\-]+) .*\{$', line)
     if header:
-      current = computations.setdefault(header[1], [])
+      current_name, current = header[1], computations.setdefault(header[1], [])
       continue
     m = re.match(r'\s+(?:ROOT )?%([\w.\-]+) = .+? ([a-z][a-z0-9\-]*)\((.*)', line)
     if m and current is not None:
       current.append(m[2])
+      names_in[m[1]] = current_name
       calls = re.search(r'calls=%([\w.\-]+)', m[3])
       op_name = re.search(r'op_name="([^"]*)"', m[3])
       instructions[m[1]] = (m[2], calls[1] if calls else None, op_name[1] if op_name else '')
+  # A fusion made by a later pass (e.g. around bf16 converts) may carry no op_name of its own:
+  # it takes the first op_name found among the instructions it fuses.
+  fused_names = collections.defaultdict(str)
+  for name, (_, _, op_name) in instructions.items():
+    computation = names_in.get(name)
+    if op_name and computation and not fused_names[computation]:
+      fused_names[computation] = op_name
   return {
-    name: (frozenset([opcode, *computations.get(calls, ())]), op_name)
+    name: (frozenset([opcode, *computations.get(calls, ())]), op_name or fused_names[calls])
     for name, (opcode, calls, op_name) in instructions.items()
   }
 
