@@ -81,6 +81,8 @@ def jax_op_class(opcodes: frozenset[str], op_name: str) -> str | None:
     return 'matmul'
   if opcodes <= LAYOUT_OPS:
     return 'layout'
+  if not op_name:  # made by XLA with no JAX op behind it (e.g. bf16 reductions it rewrote)
+    return 'other'
   if 'jvp(' not in op_name:  # outside value_and_grad: clipping, Adam, the parameter update
     return 'optimizer'
   if 'LayerNorm' in op_name or re.search(r'/(ln_\w+|final_norm)/', op_name):
