@@ -6,14 +6,15 @@ Why: XLA:CPU (jax 0.10.2) runs a bf16 x bf16 dot on its fast library path (YNNPA
 uses the AVX512-BF16 / AMX instructions where the CPU has them) only when the dot's result is
 float32. A dot whose result is bf16 falls back to a generic loop that is slower than the
 float32 matmul (2048^3 on a 2-core Xeon with AMX: bf16 -> bf16 about 0.8x the f32 rate,
-bf16 -> f32 about 2-4x it; `benchmarks/vs_lucidrains.py` prints both). Autodiff alone would
+bf16 -> f32 4-5x it; `benchmarks/vs_lucidrains.py` prints both). Autodiff alone would
 also give the backward pass bf16-output dots (the transpose of a dot keeps its output dtype).
 So each dot here asks for a float32 result and rounds it once to the compute dtype, and its
 custom backward does the same for the two transposed dots. In float32 nothing changes: the
 plain `lax.dot_general` / `jnp.einsum` runs.
 
 On GPU and TPU a bf16 dot already accumulates in float32 inside the library and its bf16
-result is the fast path, so there the plain dot runs (`accumulates` is False).
+result is the fast path, so there the plain dot runs (`accumulates` is False); only the
+attention scores, which are float32 on every backend, use `accumulating_einsum` everywhere.
 """
 
 from __future__ import annotations
