@@ -42,12 +42,16 @@ def time_train_step(
   return StepStats(seconds, int(stats.temp_size_in_bytes), total)
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
-  """GFLOP/s of a plain float32 [size, size] x [size, size] matmul in JAX (the roofline that
-  the train step's achieved rate is compared with)."""
+def matmul_gflops(
+  size: int = 2048, repeats: int = 5, dtype: str = 'float32', result_dtype: str | None = None
+) -> float:
+  """GFLOP/s of a plain [size, size] x [size, size] matmul in JAX, float32 unless `dtype` says
+  otherwise (the roofline that the train step's achieved rate is compared with); `result_dtype`
+  asks for another result type (bf16 inputs with a float32 result: XLA:CPU's fast bf16 path,
+  which `perceiver_ar_vl.layers.dots` uses)."""
   rng = np.random.default_rng(0)
-  a, b = (jnp.asarray(rng.normal(size=(size, size)), jnp.float32) for _ in range(2))
-  f = jax.jit(jnp.matmul)
+  a, b = (jnp.asarray(rng.normal(size=(size, size)), dtype) for _ in range(2))
+  f = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=result_dtype))
   f(a, b).block_until_ready()
   times = []
   for _ in range(repeats):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_ar_vl.layers.dots import accumulating_dot_general
 from perceiver_ar_vl.layers.kernels import AttentionImpl, dot_product_attention
 from perceiver_ar_vl.layers.masks import AttentionMask
 from perceiver_ar_vl.layers.rotary import apply_rotary
@@ -53,11 +54,20 @@ class MultiHeadAttention(nn.Module):
       )
     head_dim = self.d_model // self.num_heads
     dense = lambda name: nn.DenseGeneral(
-      (self.num_heads, head_dim), dtype=self.dtype, param_dtype=jnp.float32, name=name
+      (self.num_heads, head_dim),
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      dot_general=accumulating_dot_general,
+      name=name,
     )
     self.query, self.key, self.value = dense('query'), dense('key'), dense('value')
     out = lambda name: nn.DenseGeneral(
-      self.d_model, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32, name=name
+      self.d_model,
+      axis=(-2, -1),
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      dot_general=accumulating_dot_general,
+      name=name,
     )
     self.out = out('out')
     if self.segment0_out:

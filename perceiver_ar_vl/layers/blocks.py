@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from perceiver_ar_vl.config_choices import ACTIVATIONS
 from perceiver_ar_vl.layers.attention import MultiHeadAttention
 from perceiver_ar_vl.layers.chunked import projected_chunked_attention
+from perceiver_ar_vl.layers.dots import accumulating_dot_general
 from perceiver_ar_vl.layers.kernels import AttentionImpl, resolve_impl
 from perceiver_ar_vl.layers.masks import AttentionMask
 
@@ -35,9 +36,15 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxSxD: jax.Array) -> jax.Array:
-    h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=jnp.float32, name='fc_in')(x_BxSxD)
-    h = ACTIVATION_FNS[self.activation](h)
-    return nn.Dense(x_BxSxD.shape[-1], dtype=self.dtype, param_dtype=jnp.float32, name='fc_out')(h)
+    dense = lambda features, name: nn.Dense(
+      features,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      dot_general=accumulating_dot_general,
+      name=name,
+    )
+    h = ACTIVATION_FNS[self.activation](dense(self.mlp_dim, 'fc_in')(x_BxSxD))
+    return dense(x_BxSxD.shape[-1], 'fc_out')(h)
 
 
 class AttentionBlock(nn.Module):

@@ -18,7 +18,6 @@ Kernels (`model.attention_impl`):
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import jax
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 
 from perceiver_ar_vl.config_choices import ATTENTION_IMPLS
 from perceiver_ar_vl.layers.chunked import chunked_attention
+from perceiver_ar_vl.layers.dots import accumulates, accumulating_einsum
 from perceiver_ar_vl.layers.masks import AttentionMask
 
 AttentionImpl = Literal['auto', 'einsum', 'xla', 'cudnn', 'chunked']
@@ -124,25 +124,14 @@ def einsum_attention(
   logits_BxHxSxT = _scores_f32('bshk,bthk->bhst', q_BxSxHxK, k_BxTxHxK) * scale
   logits_BxHxSxT = jnp.where(mask_BxSxT[:, None], logits_BxHxSxT, jnp.finfo(jnp.float32).min)
   probs_BxHxSxT = jax.nn.softmax(logits_BxHxSxT, axis=-1).astype(v_BxTxHxK.dtype)
+  if accumulates(probs_BxHxSxT, v_BxTxHxK):
+    return accumulating_einsum('bhst,bthk->bshk', probs_BxHxSxT, v_BxTxHxK)
   return jnp.einsum('bhst,bthk->bshk', probs_BxHxSxT, v_BxTxHxK)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scores_f32(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   """einsum(spec, a, b) with float32 output (softmax statistics stay float32) and, for
-  bf16/fp16 inputs, a backward pass whose matmuls run in the inputs' dtype: autodiff alone
-  would multiply the float32 cotangent by the bf16 operand (an f32 x bf16 matmul)."""
-  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-
-
-def _scores_f32_fwd(spec, a, b):
-  return _scores_f32(spec, a, b), (a, b)
-
-
-def _scores_f32_bwd(spec, residuals, g):
-  a, b = residuals
-  _, vjp = jax.vjp(lambda a, b: jnp.einsum(spec, a, b), a, b)
-  return vjp(g.astype(jnp.result_type(a, b)))
-
-
-_scores_f32.defvjp(_scores_f32_fwd, _scores_f32_bwd)
+  bf16/fp16 inputs, a backward pass whose matmuls take the inputs' dtype (autodiff alone
+  would multiply the float32 cotangent by the bf16 operand, an f32 x bf16 matmul),
+  accumulated in float32 (`layers.dots`)."""
+  return accumulating_einsum(spec, a, b, jnp.float32)
