@@ -8,6 +8,7 @@ their names stay importable from here.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -29,33 +30,19 @@ if TYPE_CHECKING:  # imported where a model is built: validating a config needs 
   from perceiver_ar_vl.models.base import LanguageModel
 
 
-def create_model(config: ml_collections.ConfigDict) -> LanguageModel:
-  """The model that `config.model` describes (its class from the `models.MODELS` registry)."""
+def create_model(config: ml_collections.ConfigDict | spec.RunSpec) -> LanguageModel:
+  """The model that `config.model` describes: `models.MODELS[model.type]` built from the model
+  spec's fields that the class declares (the names are the same), the compute dtype as a
+  dtype, plus what the class maps itself (`options_from_config`, e.g. ECP's segment length)."""
   import jax.numpy as jnp
 
   from perceiver_ar_vl import models
 
-  m = config.model
-  kwargs = dict(
-    vocab_size=m.vocab_size,
-    num_layers=m.num_layers,
-    num_heads=m.num_heads,
-    d_model=m.d_model,
-    mlp_dim=m.mlp_dim,
-    max_context=m.max_context,
-    dropout_rate=m.dropout_rate,
-    activation=m.activation,
-    position_encoding=m.position_encoding,
-    rotary_fraction=m.rotary_fraction,
-    max_wavelength=m.max_wavelength,
-    rotary_convention=m.rotary_convention,
-    position_origin=m.position_origin,
-    layer_norm_epsilon=m.layer_norm_epsilon,
-    attention_impl=m.attention_impl,
-    dtype=jnp.dtype(m.dtype),
-    remat=m.remat,
-  )
+  m = spec.from_config(config).model
   model_cls = models.MODELS[m.type]
+  declared = {field.name for field in dataclasses.fields(model_cls)}
+  kwargs = {key: value for key, value in dataclasses.asdict(m).items() if key in declared}
+  kwargs['dtype'] = jnp.dtype(m.dtype)
   return model_cls(**kwargs, **model_cls.options_from_config(m))
 
 
@@ -115,9 +102,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise errors.UserError(f'eval.splits holds {split!r}; choose from {config_choices.SPLITS}.')
   config_checks.validate_model(config)
   config_checks.validate_tooling(config)
-  latents.validate_strategy(
-    lat.strategy, lat.min, lat.max, lat.buckets, lat.schedule, max_context=m.max_context
-  )
+  latents.validate_counts(lat.min, lat.max, lat.buckets, max_context=m.max_context)
   windows.validate(config)
   if scores_every_position(config) and lat.max != m.max_context:
     raise errors.UserError(

@@ -77,19 +77,12 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
   )
 
 
-def validate_strategy(
-  strategy: str,
-  min_latents: int,
-  max_latents: int,
-  buckets: Sequence[int],
-  schedule: str = 'linear',
-  max_context: int | None = None,
+def validate_counts(
+  min_latents: int, max_latents: int, buckets: Sequence[int], max_context: int | None = None
 ) -> None:
-  """Checks a strategy's settings, with a message that says what to change."""
-  if strategy not in STRATEGIES:
-    raise errors.UserError(f'Unknown latents.strategy {strategy!r}; choose one of {STRATEGIES}.')
-  if schedule not in SCHEDULES:
-    raise errors.UserError(f'Unknown latents.schedule {schedule!r}; choose one of {SCHEDULES}.')
+  """Checks the latent counts and buckets of any strategy, with a message that says what to
+  change (the strategy and schedule names are enumerated keys: config_lib.validate checks
+  them with the others)."""
   if not 1 <= min_latents <= max_latents:
     raise errors.UserError(
       f'Need 1 <= latents.min <= latents.max, got min={min_latents}, max={max_latents}; '

@@ -33,7 +33,7 @@ def test_bad_buckets_are_refused_once_by_validation(buckets, match):
   with pytest.raises(ValueError, match=match):
     latents.validate_buckets(buckets)
   with pytest.raises(ValueError, match=match):
-    latents.validate_strategy('fixed', 4, 4, buckets)
+    latents.validate_counts(4, 4, buckets)
 
 
 def test_buckets_above_window_are_rejected():
@@ -84,22 +84,13 @@ def test_stepwise_curriculum_steps_through_buckets():
 @pytest.mark.parametrize(
   'kw,match',
   [
-    (dict(strategy='random'), 'Unknown latents.strategy'),
-    (dict(schedule='cosine'), 'Unknown latents.schedule'),
     (dict(min_latents=600), 'latents.min <= latents.max'),
     (dict(max_latents=2048, buckets=BUCKETS + (2048,)), 'exceeds the window'),
     (dict(buckets=(32, 64)), 'No bucket can hold 512'),
   ],
 )
 def test_strategy_validation(kw, match):
-  args = dict(
-    strategy='uniform',
-    min_latents=64,
-    max_latents=512,
-    buckets=BUCKETS,
-    schedule='linear',
-    max_context=1024,
-  )
+  args = dict(min_latents=64, max_latents=512, buckets=BUCKETS, max_context=1024)
   args.update(kw)
   with pytest.raises(ValueError, match=match):
-    latents.validate_strategy(**args)
+    latents.validate_counts(**args)

@@ -162,7 +162,8 @@ class LanguageModel(nn.Module):
 
   @classmethod
   def options_from_config(cls, model_config: Any) -> dict[str, Any]:
-    """The fields of this model beyond the shared ones, from `config.model`."""
+    """The fields of this model that `config.model` names otherwise (`config_lib.create_model`
+    passes every spec field that the class declares under the same name)."""
     del model_config
     return {}
 

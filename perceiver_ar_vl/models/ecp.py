@@ -95,13 +95,7 @@ class ECP(LanguageModel):
 
   @classmethod
   def options_from_config(cls, model_config) -> dict:
-    m = model_config
-    return dict(
-      segment_length=m.ecp_segment_length,
-      ecp_shared_kv=m.ecp_shared_kv,
-      ecp_rotary_first_layer_only=m.ecp_rotary_first_layer_only,
-      ecp_segment0_out=m.ecp_segment0_out,
-    )
+    return dict(segment_length=model_config.ecp_segment_length)
 
   def setup(self):
     self.setup_shared()

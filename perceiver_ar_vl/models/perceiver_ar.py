@@ -61,21 +61,6 @@ class PerceiverAR(LanguageModel):
   cross_attend_rotary_fraction: float = -1.0  # -1 = rotary_fraction
   cross_attend_log_scale: bool = False
 
-  @classmethod
-  def options_from_config(cls, model_config) -> dict:
-    m = model_config
-    return dict(
-      cross_attend_dropout=m.cross_attend_dropout,
-      latent_dropout=m.latent_dropout,
-      latent_query_projection=m.latent_query_projection,
-      num_cross_attend_heads=m.num_cross_attend_heads,
-      cross_attend_mlp_dim=m.cross_attend_mlp_dim,
-      match_ngrams=tuple(int(k) for k in m.match_ngrams),
-      match_strength_init=m.match_strength_init,
-      cross_attend_rotary_fraction=m.cross_attend_rotary_fraction,
-      cross_attend_log_scale=m.cross_attend_log_scale,
-    )
-
   @nn.nowrap
   def has_long_context_options(self) -> bool:
     """Whether any option the original model lacks is on (match heads, the cross-attend's
