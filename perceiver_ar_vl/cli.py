@@ -3,12 +3,12 @@ perceiver_ar_vl.experiments`, `python -m perceiver_ar_vl.original`): `run` print
 error (`errors.UserError`) as the single line `error: <message>` on stderr and exits with
 status 2; any other exception is a bug and keeps its traceback.
 
-Flags: before absl parses them, `run` loads each config file itself and checks every
+Flags: when absl's parsing fails, `run` loads each config file itself and checks every
 `--config.<key>=<value>` override against it (the key exists, the value parses as the key's
 type), so those mistakes get a sentence of their own; absl's own flag errors are one line
-already. JAX's flags (`--jax_log_compiles`, `--jax_debug_nans`, ...) are accepted and set
-through `jax.config` before `main` runs (importing JAX only when one is given); a stray
-positional argument is refused.
+already. A config file runs once when the flags are right. JAX's flags (`--jax_log_compiles`,
+`--jax_debug_nans`, ...) are accepted and set through `jax.config` before `main` runs
+(importing JAX only when one is given); a stray positional argument is refused.
 """
 
 from __future__ import annotations
@@ -143,11 +143,9 @@ def apply_jax_flags(jax_args: Sequence[str]) -> None:
     jax.config.update(name, flags.FLAGS[name].value)
 
 
-def parse_flags(argv: Sequence[str], config_flags: Sequence[str] = ('config',)) -> list[str]:
-  """absl's flag parsing with user mistakes reported by `fail` instead of a traceback: config
-  files and overrides are checked first (`load_config_file`, `check_override`), then absl's
-  own errors (unknown flags, bad values) are printed as the one line they are."""
-  argv = list(argv)
+def _explain(argv: Sequence[str], config_flags: Sequence[str]) -> None:
+  """Loads each config file of argv and checks its overrides by hand: a mistake stops with a
+  sentence of its own (`fail`); a bug of the config file's code raises with its traceback."""
   for name in config_flags:
     value = config_file_arg(name, argv)
     if value is None:
@@ -156,10 +154,32 @@ def parse_flags(argv: Sequence[str], config_flags: Sequence[str] = ('config',)) 
     for arg in argv[1:]:
       if arg.startswith((f'--{name}.', f'-{name}.')):
         check_override(name, config, arg)
+
+
+def parse_flags(argv: Sequence[str], config_flags: Sequence[str] = ('config',)) -> list[str]:
+  """absl's flag parsing with user mistakes reported by `fail` instead of a traceback.
+
+  absl runs each config file once, applying its overrides. Only when that fails (at parsing,
+  or a file that did not load) are the config files and overrides checked by hand
+  (`_explain`), which names the mistake in a sentence of its own; absl's own errors (unknown
+  flags, bad values) are printed as the one line they are, and an error of the config file's
+  code (a bug) keeps its traceback."""
+  argv = list(argv)
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    fail(str(e))
+    remaining = flags.FLAGS(argv)
+  except Exception as error:  # noqa: BLE001  (explained, or raised again)
+    _explain(argv, config_flags)
+    if isinstance(error, flags.Error):
+      fail(str(error))
+    raise
+  for name in config_flags:
+    try:  # ml_collections defers a file's load error to the config's first use
+      if config_file_arg(name, argv) is not None:
+        flags.FLAGS[name].value.keys()
+    except Exception:
+      _explain(argv, config_flags)
+      raise
+  return remaining
 
 
 def run(main: Callable[[list[str]], Any], config_flags: Sequence[str] = ('config',)) -> None:

@@ -84,13 +84,22 @@ def state_shardings(tree: T, mesh: Mesh, fsdp: bool) -> T:
   return jax.tree.map(lambda leaf: fsdp_sharding(mesh, tuple(leaf.shape)), tree)
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
-  """The global batch is split evenly over every device: raises UserError if it cannot be."""
+def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1) -> None:
+  """The global batch splits evenly over every device, and each process's rows over the
+  microbatches: the checks that need the devices (config_lib.validate checks the rest).
+  Raises UserError if it cannot be."""
   devices = mesh.devices.size
   if global_batch % devices:
     raise errors.UserError(
       f'train.batch_size={global_batch} must be divisible by the number of '
       f'devices ({devices}), which share it evenly; use a multiple of {devices}.'
+    )
+  rows = global_batch // jax.process_count()
+  if rows % grad_accum_steps:
+    raise errors.UserError(
+      f'train.batch_size={global_batch} over {jax.process_count()} processes leaves {rows} '
+      f'rows per process, not divisible by train.grad_accum_steps={grad_accum_steps}; change '
+      'either.'
     )
 
 

@@ -187,6 +187,10 @@ OTHER_RUNS = {
   'long_prompt': launch(*SAMPLE, f'--config.sample.prompt={LONG_PROMPT}', phrase=''),
   'empty_prompt': launch(*SAMPLE, '--config.sample.prompt=', phrase=''),
   'planted_bug': launch('--config={data}/buggy_config.py', phrase=''),
+  # A config file that counts its runs, with an override, for a workdir without checkpoints.
+  'counted_config': launch(
+    '--config={data}/counted_config.py', '--mode=sample', '--config.sample.length=3', phrase=''
+  ),
   # A bad setting, with python's import log: it must stop before JAX is imported.
   'activation_import_log': Case(
     ('--config.model.activation=swish',),
@@ -211,6 +215,18 @@ OTHER_RUNS = {
 }
 
 # A config file whose training function has a bug: not a user error, so a traceback.
+COUNTED_CONFIG = """
+import os
+
+from perceiver_ar_vl import config_lib
+
+
+def get_config(arg=None):
+  with open(os.path.join(os.path.dirname(__file__), 'counted_config.runs'), 'a') as f:
+    f.write('run\\n')
+  return config_lib.strategy_config('curriculum', 'smoke')
+"""
+
 BUGGY_CONFIG = """
 from perceiver_ar_vl import config_lib, training
 
@@ -253,6 +269,7 @@ def results(tmp_path_factory, trained_launch_run):
   (data / 'empty.txt').write_bytes(b'')
   (data / 'short.txt').write_bytes(b'0123456789abcdef' * 16)  # validation split: 13 bytes
   (data / 'buggy_config.py').write_text(BUGGY_CONFIG)
+  (data / 'counted_config.py').write_text(COUNTED_CONFIG)
   cases = {**CASES, **OTHER_RUNS}
 
   def run_case(name: str) -> subprocess.CompletedProcess:
@@ -308,6 +325,16 @@ def test_empty_prompt_samples_from_nothing(results):
   assert result.returncode == 0, result.stderr[-3000:]
   assert len(result.stdout.rstrip('\n').encode('utf-8', errors='surrogateescape')) >= 1
   assert '\0' not in result.stdout
+
+
+def test_a_config_file_runs_once(results, tmp_path_factory):
+  """Flags that parse load the config file once (absl), overrides included; it is run again
+  only to explain a mistake."""
+  result = results['counted_config']
+  assert result.returncode == 2 and 'No checkpoint in' in last_line(result.stderr)
+  data = os.path.dirname(result.args[2].split('=', 1)[1])
+  with open(os.path.join(data, 'counted_config.runs')) as f:
+    assert f.read().splitlines() == ['run']
 
 
 def test_a_real_bug_keeps_its_traceback(results):

@@ -26,7 +26,7 @@ import ml_collections
 from absl import logging
 from jax.sharding import Mesh
 
-from perceiver_ar_vl import config_lib, data, errors, parallel, runtime, step_plan, windows
+from perceiver_ar_vl import config_lib, data, parallel, runtime, step_plan, windows
 from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.runs import checkpoints, metrics, run_files, train_state
@@ -60,18 +60,6 @@ def validation_metrics(config, model, params, dataset, mesh) -> dict[str, float]
     if result.get(key) is not None:
       found[f'validation_{key}'] = result[key]
   return found
-
-
-def _check_batch(t: ml_collections.ConfigDict, mesh: Mesh) -> None:
-  """The global batch splits evenly over the devices and each process's rows over the
-  microbatches; raises UserError if not."""
-  parallel.check_batch_size(t.batch_size, mesh)
-  if (t.batch_size // jax.process_count()) % t.grad_accum_steps:
-    raise errors.UserError(
-      f'train.batch_size={t.batch_size} over {jax.process_count()} processes leaves '
-      f'{t.batch_size // jax.process_count()} rows per process, not divisible by '
-      f'train.grad_accum_steps={t.grad_accum_steps}; change either.'
-    )
 
 
 def _warn_unfinished_saves(workdir: str) -> None:
@@ -152,7 +140,7 @@ def _train_holding_lock(
   cache_dir = runtime.enable_compilation_cache(config.compile_cache_dir)
   t = config.train
   mesh = parallel.make_mesh()
-  _check_batch(t, mesh)
+  parallel.check_batch_size(t.batch_size, mesh, t.grad_accum_steps)
   model = config_lib.create_model(config)
   dataset = data.make_dataset(
     config.data, windows.row_length(config), config.seed, total_steps=t.steps
