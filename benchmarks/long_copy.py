@@ -29,9 +29,9 @@ import time
 
 import numpy as np
 
-from perceiver_ar_vl import data
+from perceiver_ar_vl import data, workdir_config
 from perceiver_ar_vl.evaluation import evaluate
-from perceiver_ar_vl.runs import run_files, train_state
+from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.sampling import sample
 
 
@@ -78,7 +78,7 @@ def main() -> None:
   parser.add_argument('--window', type=int, default=0, help='sample at this window (0: own)')
   args = parser.parse_args()
 
-  config = run_files.read_config(args.workdir)
+  config = workdir_config.get_config(args.workdir)
   if args.window:
     config = evaluate.at_window(config, args.window)
   if config.data.name != 'copy':

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from perceiver_ar_vl import data
+from perceiver_ar_vl import data, workdir_config
 from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.layers.match import key_codes
-from perceiver_ar_vl.runs import run_files, train_state
+from perceiver_ar_vl.runs import train_state
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
   parser.add_argument('--window', type=int, default=0, help='evaluate at this window (0: own)')
   parser.add_argument('--prefix', default='', help='prefix of the PNG file names')
   args = parser.parse_args()
-  config = run_files.read_config(args.workdir)
+  config = workdir_config.get_config(args.workdir)
   if args.window:
     config = evaluate.at_window(config, args.window)
   model, trained, step = train_state.restore_params(config, args.workdir)

@@ -15,6 +15,8 @@ from typing import Any
 
 import ml_collections
 
+from perceiver_ar_vl import errors
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -239,15 +241,29 @@ def _typed(value: Any) -> Any:
 
 
 def from_config(config: ml_collections.ConfigDict | RunSpec) -> RunSpec:
-  """The frozen spec of `config` (a ConfigDict of `to_config`'s keys); raises TypeError on a
-  key no section declares (`config_lib.read_spec` checks everything else first)."""
+  """The frozen spec of `config` (a ConfigDict of `to_config`'s keys); a key no section
+  declares is one UserError naming it (`config_lib.read_spec` checks everything else)."""
   if isinstance(config, RunSpec):
     return config
   sections, top = {}, {}
   classes = {f.name: f.default.__class__ for f in dataclasses.fields(RunSpec)}
   for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
+    if isinstance(value, ml_collections.ConfigDict) and key in classes:
+      declared = {f.name for f in dataclasses.fields(classes[key])}
+      _check_declared(key, value.keys(), declared)
       sections[key] = classes[key](**{k: _typed(v) for k, v in value.items()})
     else:
       top[key] = value
+  _check_declared('', top, {f.name for f in dataclasses.fields(RunSpec)} - set(sections))
   return RunSpec(**top, **sections)
+
+
+def _check_declared(section: str, keys, declared: set[str]) -> None:
+  """One UserError for the first of `keys` that `declared` lacks."""
+  for key in keys:
+    if key not in declared:
+      name = f'{section}.{key}' if section else key
+      raise errors.UserError(
+        f'Unknown config key {name}: perceiver_ar_vl/spec.py declares every key; fix the '
+        'name or declare it there.'
+      )

@@ -14,8 +14,8 @@ import pytest
 
 from perceiver_ar_vl import config_lib, errors, latents, sampling, step_plan
 from perceiver_ar_vl.layers.rotary import apply_rotary
+from perceiver_ar_vl.layers.sinusoid import sinusoidal_table
 from perceiver_ar_vl.models import PerceiverAR
-from perceiver_ar_vl.models.base import sinusoidal_table
 
 ORIGINAL = dict(
   latent_query_projection=True,

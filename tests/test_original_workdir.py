@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from helpers import REPO, launch_command, launch_env
 
-from perceiver_ar_vl import config_defaults, config_lib, errors, parallel, sampling
+from perceiver_ar_vl import config_defaults, config_lib, errors, parallel, sampling, workdir_config
 from perceiver_ar_vl.evaluation import evaluate
 from perceiver_ar_vl.original import from_haiku, load_checkpoint, relabel, workdir
-from perceiver_ar_vl.runs import checkpoints, run_files, train_state
+from perceiver_ar_vl.runs import checkpoints, train_state
 
 DATA = os.path.join(os.path.dirname(__file__), 'data')
 CHECKPOINT = os.path.join(DATA, 'original_checkpoint.dill')
@@ -87,11 +87,9 @@ def runs(tmp_path_factory):
   started.close()
 
 
-def workdir_config(path: str):
+def saved_config(path: str):
   """The workdir's config.json over the defaults: what evaluating or sampling a workdir reads."""
-  config = config_defaults.base_config()
-  config.update(run_files.read_config(path))
-  return config_lib.validate(config)
+  return config_lib.validate(workdir_config.get_config(path))
 
 
 def logits(model, variables, tokens, n, mask=None):
@@ -111,7 +109,7 @@ def inverse(ids: np.ndarray, num_classes: int) -> np.ndarray:
 def test_norelabel_keeps_the_ids(tmp_path):
   config, step = workdir.write_workdir(CHECKPOINT, str(tmp_path), SWEEP, KWARGS, byte_data=False)
   assert (step, config.model.vocab_size, config.model.position_origin) == (1234, 256, 'window')
-  model, variables, _ = train_state.restore_params(workdir_config(str(tmp_path)), str(tmp_path))
+  model, variables, _ = train_state.restore_params(saved_config(str(tmp_path)), str(tmp_path))
   reference, reference_variables = from_haiku(load_checkpoint(CHECKPOINT), **KWARGS)
   tokens = GOLDEN['rotary_half_checkpoint/tokens']
   want = logits(reference, reference_variables, tokens, 4)
@@ -139,7 +137,7 @@ def test_absolute_positions_start_at_the_originals_first_byte(tmp_path):
   config, _ = workdir.write_workdir(str(tmp_path), str(tmp_path / 'w'), SWEEP, kwargs)
   assert config.model.position_encoding == 'absolute' and not config.sample.cached
   model, variables, _ = train_state.restore_params(
-    workdir_config(str(tmp_path / 'w')), str(tmp_path / 'w')
+    saved_config(str(tmp_path / 'w')), str(tmp_path / 'w')
   )
   reference, reference_variables = from_haiku(params, **kwargs)
   ours_of = inverse(relabel.original_ids(kwargs['num_classes']), kwargs['num_classes'])
@@ -181,7 +179,7 @@ def test_the_command_writes_a_complete_workdir(runs):
     }
 
   assert keys(written) == keys(config_defaults.base_config().to_dict())
-  config = workdir_config(path)
+  config = saved_config(path)
   assert (config.data.name, config.data.copy_mode, config.data.copy_length) == (
     'copy',
     'mirror',
@@ -195,7 +193,7 @@ def test_the_command_writes_a_complete_workdir(runs):
 
 def test_restored_logits_equal_from_haikus(runs):
   path = runs['converted'][3]
-  config = workdir_config(path)
+  config = saved_config(path)
   model, variables, step = train_state.restore_params(config, path)
   assert step == 1234
   reference, reference_variables = from_haiku(load_checkpoint(CHECKPOINT), **KWARGS)
@@ -213,7 +211,7 @@ def test_restored_logits_equal_from_haikus(runs):
 
 def test_the_optimizer_state_is_fresh(runs):
   path = runs['converted'][3]
-  config = workdir_config(path)
+  config = saved_config(path)
   model = config_lib.create_model(config)
   abstract = train_state.abstract_train_state(config, model, parallel.make_mesh())
   mngr = checkpoints.manager(path, create=False)
@@ -227,7 +225,7 @@ def test_the_optimizer_state_is_fresh(runs):
 
 def test_eval_and_sample_read_the_workdir(runs):
   path = runs['converted'][3]
-  config = workdir_config(path)
+  config = saved_config(path)
   config.eval.max_bytes = 128
   report = evaluate.evaluate(config, path)
   assert report['checkpoint_step'] == 1234

@@ -7,8 +7,7 @@ import json
 import pytest
 from helpers import tiny_config
 
-from perceiver_ar_vl import config_defaults, config_lib, errors, spec, training
-from perceiver_ar_vl.runs import run_files
+from perceiver_ar_vl import config_defaults, config_lib, errors, spec, training, workdir_config
 
 
 def test_the_config_is_the_spec_and_back():
@@ -58,4 +57,22 @@ def test_training_checks_its_config_once(tmp_path, monkeypatch):
   with open(tmp_path / 'config.json') as f:  # what eval and sample read back
     saved = json.load(f)
   assert saved['train']['steps'] == 3 and saved['latents']['buckets'] == [4, 8, 16, 32]
-  assert spec.from_config(run_files.read_config(str(tmp_path))) == config_lib.read_spec(config)
+  assert spec.from_config(workdir_config.get_config(str(tmp_path))) == config_lib.read_spec(config)
+
+
+@pytest.mark.parametrize('section', ['model', ''])
+def test_a_key_no_section_declares_is_one_error_naming_it(section):
+  config = config_defaults.base_config()
+  (config[section] if section else config).unheard_of = 1
+  name = f'{section}.unheard_of' if section else 'unheard_of'
+  with pytest.raises(errors.UserError, match=f'Unknown config key {name}: .*spec.py'):
+    spec.from_config(config)
+
+
+def test_a_workdir_saved_by_an_older_version_reads_without_its_retired_keys(tmp_path):
+  config = config_defaults.base_config().to_dict()
+  config['data']['copy_length_total_steps'] = 100  # saved before it was derived
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  assert spec.from_config(workdir_config.get_config(str(tmp_path))) == spec.from_config(
+    config_defaults.base_config()
+  )

@@ -14,7 +14,8 @@ plain `lax.dot_general` / `jnp.einsum` runs.
 
 On GPU and TPU a bf16 dot already accumulates in float32 inside the library and its bf16
 result is the fast path, so there the plain dot runs (`accumulates` is False); only the
-attention scores, which are float32 on every backend, use `accumulating_einsum` everywhere.
+attention scores of low-precision queries and keys, which are float32 on every backend, use
+`accumulating_einsum` everywhere (its backward then keeps the inputs' dtype).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def accumulating_einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype=None) -
   inputs' dtype), with a backward pass whose two dots do the same (into a's and b's dtypes).
   Every index of an input must appear in the other input or the output (a plain contraction,
   as dot_general computes)."""
+  inputs, out = spec.split('->')
+  spec_a, spec_b = inputs.split(',')
+  if not set(spec_a) <= set(spec_b + out) or not set(spec_b) <= set(spec_a + out):
+    raise ValueError(f'accumulating_einsum needs a plain contraction, got {spec!r}.')
   out_dtype = jnp.dtype(out_dtype or jnp.result_type(a, b))
   return _einsum(spec, out_dtype, a, b)
 
@@ -60,8 +65,6 @@ def _einsum_bwd(spec, out_dtype, residuals, g):
   a, b = residuals
   inputs, out = spec.split('->')
   spec_a, spec_b = inputs.split(',')
-  if not set(spec_a) <= set(spec_b + out) or not set(spec_b) <= set(spec_a + out):
-    raise ValueError(f'accumulating_einsum needs a plain contraction, got {spec!r}.')
   g = g.astype(jnp.result_type(a, b))
   da = _contraction(out, g, spec_b, b, spec_a).astype(a.dtype)
   db = _contraction(spec_a, a, out, g, spec_b).astype(b.dtype)
@@ -69,12 +72,13 @@ def _einsum_bwd(spec, out_dtype, residuals, g):
 
 
 def _contraction(spec_x: str, x: jax.Array, spec_y: str, y: jax.Array, out: str) -> jax.Array:
-  """einsum(f'{spec_x},{spec_y}->{out}', x, y) accumulated in float32, with x's contracted
-  axes moved last first: XLA:CPU's library path takes a bf16 dot whose left operand contracts
-  a leading axis only sometimes, and its fallback (DotThunk) has no bf16 x bf16 -> f32."""
+  """einsum(f'{spec_x},{spec_y}->{out}', x, y) accumulated in float32, on the CPU with x's
+  contracted axes moved last first: XLA:CPU's library path takes a bf16 dot whose left operand
+  contracts a leading axis only sometimes, and its fallback (DotThunk) has no bf16 x bf16 ->
+  f32. Elsewhere the dot library takes any layout, so XLA places the axes itself."""
   kept = [c for c in spec_x if c in out]
   order = kept + [c for c in spec_x if c not in out]
-  if order != list(spec_x):
+  if order != list(spec_x) and accumulates(x, y):
     x = lax.optimization_barrier(jnp.transpose(x, [spec_x.index(c) for c in order]))
     spec_x = ''.join(order)
   return jnp.einsum(f'{spec_x},{spec_y}->{out}', x, y, preferred_element_type=jnp.float32)

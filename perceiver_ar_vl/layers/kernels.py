@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from perceiver_ar_vl.config_choices import ATTENTION_IMPLS
 from perceiver_ar_vl.layers.chunked import chunked_attention
-from perceiver_ar_vl.layers.dots import accumulates, accumulating_einsum
+from perceiver_ar_vl.layers.dots import LOW_PRECISION, accumulates, accumulating_einsum
 from perceiver_ar_vl.layers.masks import AttentionMask
 
 AttentionImpl = Literal['auto', 'einsum', 'xla', 'cudnn', 'chunked']
@@ -133,5 +133,7 @@ def _scores_f32(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
   """einsum(spec, a, b) with float32 output (softmax statistics stay float32) and, for
   bf16/fp16 inputs, a backward pass whose matmuls take the inputs' dtype (autodiff alone
   would multiply the float32 cotangent by the bf16 operand, an f32 x bf16 matmul),
-  accumulated in float32 (`layers.dots`)."""
-  return accumulating_einsum(spec, a, b, jnp.float32)
+  accumulated in float32 (`layers.dots`). Float32 inputs take the plain einsum."""
+  if jnp.dtype(jnp.result_type(a, b)) in LOW_PRECISION:
+    return accumulating_einsum(spec, a, b, jnp.float32)
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)

@@ -32,12 +32,12 @@ from typing import Any, ClassVar, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from perceiver_ar_vl import config_choices
 from perceiver_ar_vl.layers.blocks import AttentionBlock
 from perceiver_ar_vl.layers.kernels import AttentionImpl
 from perceiver_ar_vl.layers.kv_cache import window_indices
+from perceiver_ar_vl.layers.sinusoid import sinusoidal_table
 
 # Rematerialisation of each block's attention + MLP in the backward pass (`model.remat`):
 # 'none' keeps every activation; 'block' keeps only the block's inputs and recomputes the rest
@@ -49,21 +49,6 @@ REMAT_POLICIES = {
   'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 assert tuple(REMAT_POLICIES) == config_choices.REMAT_NAMES
-
-
-def sinusoidal_table(length: int, size: int, min_scale: float = 1.0, max_scale: float = 1e4):
-  """A fixed [length, size] table of absolute positions, as the original's
-  `generate_sinusoidal_features` builds it: sines in the first size//2 channels, cosines in
-  the next size//2 (a last odd channel stays 0), at frequencies from min_scale down to
-  min_scale / (max_scale / min_scale), log-spaced."""
-  half = size // 2
-  scale_factor = -np.log(max_scale / min_scale) / max(half - 1, 1)
-  div_term_F = min_scale * np.exp(np.arange(half) * scale_factor)
-  angles_LxF = np.arange(length)[:, None] * div_term_F
-  table = np.zeros((length, size), np.float32)
-  table[:, :half] = np.sin(angles_LxF)
-  table[:, half : 2 * half] = np.cos(angles_LxF)
-  return jnp.asarray(table)
 
 
 class AttentionShape(NamedTuple):

@@ -236,7 +236,7 @@ def _variables(params: dict, o: dict[str, Any], model: LanguageModel) -> dict:
     if model.position_encoding == 'absolute':
       p['position_table'] = table
     else:  # a fixed sinusoid: ours must be the same table
-      from perceiver_ar_vl.models.base import sinusoidal_table
+      from perceiver_ar_vl.layers.sinusoid import sinusoidal_table
 
       ours = np.asarray(sinusoidal_table(model.max_context, model.d_model))
       if not np.allclose(table, ours, atol=1e-4):

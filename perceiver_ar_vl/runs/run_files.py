@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from perceiver_ar_vl import errors, spec
+from perceiver_ar_vl import spec
 
 METRICS_FILE = 'metrics.jsonl'
 SUMMARY_FILE = 'train_summary.json'
@@ -34,15 +34,6 @@ def write_config(config: ml_collections.ConfigDict | spec.RunSpec, workdir: str)
     os.makedirs(workdir, exist_ok=True)
     text = spec.to_config(spec.from_config(config)).to_json_best_effort(indent=2)
     write_atomically(os.path.join(workdir, 'config.json'), text)
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in `workdir/config.json` (what restoring its checkpoint needs)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise errors.MissingFileError(f'No config.json in {workdir}: pass the workdir of a run.')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def read_jsonl(path: str) -> list[dict]:
