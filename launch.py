@@ -6,8 +6,8 @@
 Overrides: --config.train.steps=100 --config.data.path=FILE ...
 
 Eval and sample read the config the run saved in the workdir (`workdir_config`); overrides
-may then change only eval.*, sample.*, model.dtype, model.attention_impl and
-compile_cache_dir. With --config they use that config instead, as training does.
+may then change only what evaluation and sampling read (`workdir_config.CHANGEABLE`). With
+--config they use that config instead, as training does.
 
 JAX's own flags work too (--jax_log_compiles, --jax_debug_nans, ...). A user error (a bad
 flag, config value, path, data file or checkpoint) prints one line `error: <what is wrong and
@@ -61,11 +61,10 @@ def main(argv):
   from perceiver_ar_vl import config_lib
 
   config = config_lib.read_spec(FLAGS.config)  # checked once here, before JAX is imported
-  from perceiver_ar_vl import parallel, runtime
+  from perceiver_ar_vl import parallel
   from perceiver_ar_vl.runs import metrics
 
   metrics.quiet_orbax_logs()
-  runtime.enable_compilation_cache(config.compile_cache_dir)
 
   if FLAGS.distributed or FLAGS.coordinator_address:
     parallel.initialize_distributed(

@@ -99,8 +99,8 @@ def check_override(name: str, config: ml_collections.ConfigDict, arg: str) -> No
       hint = f' (did you mean {close[0]!r}?)' if close else ''
       section = '.'.join(keys[:depth]) or 'the config'
       fail(
-        f'unknown config key {key!r} in --{path}{hint}; {section} has no such key (the keys '
-        'and their defaults: perceiver_ar_vl/config_defaults.py).'
+        f'unknown config key {key!r} in --{path}{hint}; {section} has no such key (every key, '
+        'its type and default: perceiver_ar_vl/spec.py).'
       )
     parent, node = node, node[key]
   if parent.get_type(keys[-1]) is object:  # a field that takes any value, e.g. a step or 'best'

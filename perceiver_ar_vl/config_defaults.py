@@ -1,7 +1,5 @@
-"""The config's keys with their defaults (the seed experiment) and what each preset changes.
-
-`config_lib` builds configs from these (`make_config`, `apply_preset`) and validates them.
-"""
+"""The config with its defaults (the seed experiment; keys and types declared in `spec`)
+and what each preset changes; `presets` builds configs from these."""
 
 from __future__ import annotations
 

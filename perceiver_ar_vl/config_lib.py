@@ -1,7 +1,7 @@
 """The experiment config: validation with errors that say what to change, and building the
-model a config describes. The keys and their defaults are `config_defaults`, the presets
-`presets` (`make_config`, `apply_preset`), the named runs `named_runs` (`strategy_config`);
-their names stay importable from here.
+model a config describes. The keys, types and defaults are declared in `spec` (the frozen
+`RunSpec` that `read_spec` returns), the presets in `presets` (`make_config`, `apply_preset`),
+the named runs in `named_runs` (`strategy_config`); those names stay importable from here.
 
 `validate` imports no JAX, so a bad setting stops `launch.py` before JAX starts.
 """
@@ -16,12 +16,10 @@ import ml_collections
 from perceiver_ar_vl import config_checks, config_choices, data, errors, latents, spec, windows
 
 # The presets and the named runs, importable from here as they always were.
-from perceiver_ar_vl.config_defaults import PRESET_SETTINGS as PRESET_SETTINGS
 from perceiver_ar_vl.config_defaults import base_config as base_config
 from perceiver_ar_vl.named_runs import RUNS as RUNS
 from perceiver_ar_vl.named_runs import TASK_CONFIGS as TASK_CONFIGS
 from perceiver_ar_vl.named_runs import strategy_config as strategy_config
-from perceiver_ar_vl.presets import SEED_WINDOW as SEED_WINDOW
 from perceiver_ar_vl.presets import apply_preset as apply_preset
 from perceiver_ar_vl.presets import make_config as make_config
 from perceiver_ar_vl.presets import scores_every_position as scores_every_position

@@ -2,7 +2,8 @@
 running, on what) and absl's log level for library users.
 
 The entry points (launch.py, the experiment CLI) and the library calls that run a model
-(`training.train`, `evaluate.evaluate`) call these; nothing else does.
+(`training.train`, `evaluation.evaluate.evaluate`, `sampling.sample_from_workdir`) call
+these; nothing else does.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ from perceiver_ar_vl import errors
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+  """The model (`config_lib.create_model` passes each field a model class declares)."""
+
   type: str = 'perceiver_ar'  # a config_choices.MODEL_TYPES key: perceiver_ar | transformer | ecp
   vocab_size: int = 256  # byte tokens
   num_layers: int = 6  # the cross-attend counts as layer 1
@@ -73,6 +75,8 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class LatentsSpec:
+  """How many latents N each step uses (latents.py) and the buckets compiled for them."""
+
   strategy: str = 'fixed'  # fixed | uniform | curriculum
   min: int = 64  # uniform / curriculum: the smallest N
   max: int = 512  # the largest N (fixed: N itself); at most the window
@@ -104,10 +108,15 @@ class DataSpec:
   path: str = ''  # a file (enwik8: the zip or the raw file; '' downloads it)
   heldout_path: str = ''  # text_file: a separate validation/test file
   data_dir: str = ''  # where the prepared tfds files go ('' = tfds' default)
-  copy_mode: str = 'copy'
+  # text_file: `path` may name several files separated by commas (concatenated in order);
+  # with heldout_path all of them train and its first half validates, its second half tests.
+  copy_mode: str = 'copy'  # copy task: 'copy' (second half repeats the first) | 'mirror'
+  # copy task: alphabet size k in [2, 256]; symbol i is byte (ord('a') + i) % 256
   copy_vocab: int = 16
-  copy_length: int = 0
-  copy_min_crop: int = 0  # 0 = the streamed task; > 0 = the original's aligned, cropped examples
+  copy_length: int = 0  # copy task: bytes per example L (0 = the window); distance ~L/2
+  # 0 = the streamed task; c > 0 = the original's aligned task: one example per row, cropped
+  # to its first ~U[c, L] bytes and left-padded (copy_task.py)
+  copy_min_crop: int = 0
   copy_length_min: int = 0  # curriculum: the first copy_length (0 = no curriculum)
   copy_length_schedule: str = 'none'  # curriculum shape: none | linear | stepwise | staircase
   copy_length_warmup_fraction: float = 0.5  # linear / stepwise: fraction of training growing L
@@ -130,6 +139,8 @@ class DataSpec:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
+  """The optimizer, the run length, checkpoints, logging and validation (training/)."""
+
   steps: int = 100_000  # optimizer steps
   batch_size: int = 32  # global, split over every device of every process
   grad_accum_steps: int = 1  # microbatches per step (same global batch, less memory)
@@ -168,6 +179,8 @@ class TrainSpec:
 
 @dataclasses.dataclass(frozen=True)
 class EvalSpec:
+  """What `--mode=eval` scores (evaluation/): latent counts, windows, splits, blocks or stride 1."""
+
   num_latents: int = 0  # 0 = the training maximum latents.max
   latents_sweep: tuple[int, ...] = ()  # extra latent counts, e.g. (32, 64, 128, 256, 512, 1024)
   splits: tuple[str, ...] = ('validation', 'test')  # of config_choices.SPLITS
@@ -185,6 +198,8 @@ class EvalSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SampleSpec:
+  """What `--mode=sample` generates (sampling/)."""
+
   prompt: str = 'The '  # UTF-8; cropped to the last window bytes
   length: int = 256  # bytes to generate
   num_latents: int = 0  # 0 = the training maximum latents.max

@@ -23,7 +23,7 @@ from perceiver_ar_vl import cli, config_defaults, errors
 
 # What an override may change when the config comes from the workdir: what evaluation and
 # sampling read, and how the model computes (not what it computes).
-CHANGEABLE = ('eval.', 'sample.', 'compile_cache_dir', 'model.dtype', 'model.attention_impl')
+CHANGEABLE = ('eval.', 'sample.', 'model.dtype', 'model.attention_impl', 'compile_cache_dir')
 CONFIG_FILE = 'config.json'
 # Keys that older versions saved and this one derives (skipped when read).
 RETIRED = {'data.copy_length_total_steps'}
@@ -61,6 +61,12 @@ def get_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def changeable() -> str:
+  """`CHANGEABLE` as a sentence: 'eval.*, sample.*, ... and model.attention_impl'."""
+  names = [f'{key}*' if key.endswith('.') else key for key in CHANGEABLE]
+  return f'{", ".join(names[:-1])} and {names[-1]}'
+
+
 def complete_argv(argv: Sequence[str]) -> list[str]:
   """`argv`, with `--config=<this file>:<workdir>` added for `--mode=eval|sample` without
   `--config`; then an override of a key outside `CHANGEABLE` stops with one `error:` line."""
@@ -76,8 +82,8 @@ def complete_argv(argv: Sequence[str]) -> list[str]:
         cli.fail(
           f'--config.{key}: {workdir} holds a trained run, whose model, data and training '
           f'settings stay as it saved them ({os.path.join(workdir, CONFIG_FILE)}); '
-          f'{mode} may change only eval.*, sample.*, model.dtype, model.attention_impl and '
-          f'compile_cache_dir. To {mode} with other settings, pass --config=FILE as well.'
+          f'{mode} may change only {changeable()}. To {mode} with other settings, pass '
+          '--config=FILE as well.'
         )
   try:
     get_config(workdir)  # no or a foreign config.json: its own line, before absl loads it

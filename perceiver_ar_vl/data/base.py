@@ -1,5 +1,5 @@
-"""What every byte dataset shares: the `ByteDataset` interface, the `config.data` keys and
-their defaults, and the deterministic (seed, step) rows of a training batch."""
+"""What every byte dataset shares: the `ByteDataset` interface (built from the run's
+`spec.DataSpec`) and the deterministic (seed, step) rows of a training batch."""
 
 from __future__ import annotations
 

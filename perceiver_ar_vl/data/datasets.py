@@ -1,36 +1,8 @@
 """The datasets behind `config.data` (vocabulary 256: a token is a raw byte) and
 `make_dataset`, which validates the config and builds one.
 
-`config.data` keys (defaults in `base.DEFAULTS`):
-  name          'enwik8' | 'text_file' | 'copy' | 'recall'.
-  path          enwik8: local `enwik8` or `enwik8.zip`; '' downloads it (SHA-1 checked).
-                text_file: a local file, or several separated by commas (concatenated in order).
-  heldout_path  text_file only: if set, all of `path` trains and this file's first half is
-                'validation', its second half 'test'.
-  data_dir      where prepared array_record files go ('' = tfds default, ~/tensorflow_datasets).
-  copy_mode     copy task: 'mirror' (second half = first half reversed) or 'copy' (repeated).
-  copy_vocab    copy task: alphabet size k in [2, 256]; symbol i is byte (ord('a') + i) % 256,
-                so k <= 26 gives the letters 'a'.. (k = 16: 'a'..'p').
-  copy_length   copy task: bytes per example L (0 = the window M), so the copy distance is
-                about L / 2 (copy) or up to L - 1 (mirror).
-  copy_min_crop copy task: 0 = streamed rows (windows of a stream of examples); > 0 = the
-                original's aligned task: one example per row (L <= M + 1), cropped to its first
-                c ~ U[copy_min_crop, L] bytes, left-padded (copy_task.py).
-  copy_length_schedule, copy_length_min, copy_length_warmup_fraction, copy_length_stairs
-                copy task: a curriculum growing L from copy_length_min to copy_length
-                ('none' = off; linear | stepwise | staircase, as latents.schedule;
-                copy_settings.py), over the run's train.steps (`make_dataset(total_steps=)`).
-  copy_train_lengths  copy task: () or (a, b): streamed training examples of lengths drawn
-                log-uniformly in [a, b] per example (copies at many distances); evaluation
-                keeps copy_length.
-  recall_pairs, recall_vocab, recall_key_bytes
-                the recall task (MQAR, recall_task.py): key-value pairs per example, symbols
-                per alphabet, symbols per key.
-  in_memory_bytes  enwik8 / text_file: a train split of at most this many bytes is held in
-                memory as one array (batches are one gather); a larger one is read per row
-                from its array_record records. 0 always reads records.
-  record_bytes  enwik8 / text_file: bytes per prepared record (part of the prepared copy's
-                name, so changing it prepares a new copy).
+The `config.data` keys, with their types, defaults and meaning, are declared in
+`spec.DataSpec`.
 
 Splits: enwik8 is the standard first 90M / next 5M / last 5M bytes; text_file the same
 90/5/5 fractions of its length. Both are prepared once through a tensorflow-datasets builder
@@ -163,7 +135,7 @@ def make_dataset(
   """Validates `data_config` and returns its dataset; prepares tfds files once.
 
   Args:
-    data_config: `config.data` (ConfigDict or dict); keys and defaults in `base.DEFAULTS`.
+    data_config: `config.data` (a `spec.DataSpec`, ConfigDict or dict).
     window: W = M + 1 bytes per training example.
     seed: seeds the copy task's fixed validation / test streams (file datasets ignore it).
     total_steps: the training run's train.steps, which the copy task's length curriculum

@@ -32,7 +32,6 @@ from perceiver_ar_vl.evaluation import windows as eval_windows
 
 # Re-exported: the windows evaluation scores are part of its interface.
 from perceiver_ar_vl.evaluation.windows import block_windows as block_windows
-from perceiver_ar_vl.evaluation.windows import window_ends as window_ends
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.runs import metrics, train_state
 

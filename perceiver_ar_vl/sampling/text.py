@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from perceiver_ar_vl import config_lib, spec
+from perceiver_ar_vl import config_lib, runtime, spec
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.sampling.decode import sample
@@ -53,9 +53,11 @@ def sample_from_workdir(config: spec.RunSpec, workdir: str) -> str:
   """Restores `workdir`'s checkpoint (`eval.checkpoint_step`) and samples `config.sample`
   after its prompt (`fit_prompt`: cropped to the window, an empty one read as a NUL byte).
 
-  Returns the prompt (as cropped) followed by the generated text.
+  Returns the prompt (as cropped) followed by the generated text. Compiles through the
+  persistent cache that `compile_cache_dir` names, as training and evaluation do.
   """
   config = config_lib.read_spec(config)
+  runtime.enable_compilation_cache(config.compile_cache_dir)
   s = config.sample
   train_state.checkpoint_step(workdir, config.eval.checkpoint_step)  # none: stop here, cheaply
   read, shown = fit_prompt(s.prompt, config.model.max_context)

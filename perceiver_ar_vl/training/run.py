@@ -1,7 +1,8 @@
 """A training run: optax AdamW, a pure jitted train_step per latent bucket, data parallel
 over a Mesh, orbax checkpoints with exact resume, metrics, NaN guard, SIGTERM/SIGINT saves.
-The step is `training.step`, the host machinery that runs it (compiled steps, device
-batches, metric log, stop vote) `training.host_loop`; this module strings them into a run.
+The step is `training.step`, its compiled programs `training.compiled_steps`, the host
+machinery that runs them (device batches, stop vote) `training.host_loop`, the metric log
+`training.progress`; this module strings them into a run.
 
 A step with N latents runs the train_step compiled for bucket B = bucket_for(N): N is a traced
 int32 argument, B a static shape, so a run compiles once per bucket it uses.
