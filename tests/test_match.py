@@ -104,10 +104,12 @@ def test_dense_and_sorted_paths_equal_the_plain_reference(k):
   )
   assert np.abs(want).max() > 0.1  # queries with matches
   assert k == 1 or (np.abs(want).sum(-1) == 0).any()  # and without
-  for path in (match.dense_match, match.sorted_match):
-    np.testing.assert_allclose(path(*args), want, atol=2e-6)
+  for path in (match.dense_match, match.sorted_match):  # compiled: eager scans take seconds
+    np.testing.assert_allclose(jax.jit(path)(*args), want, atol=2e-6)
   grads = [
-    jax.grad(lambda v, s, f=f: (f(*args[:5], v, s) ** 2).sum(), argnums=(0, 1))(args[5], args[6])
+    jax.jit(jax.grad(lambda v, s, f=f: (f(*args[:5], v, s) ** 2).sum(), argnums=(0, 1)))(
+      args[5], args[6]
+    )
     for f in (match.dense_match, match.sorted_match)
   ]
   for a, b in zip(*grads, strict=True):
