@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_defaults, config_lib, errors
+from perceiver_ar_vl import config_defaults, config_lib, errors, spec
 
 if TYPE_CHECKING:  # imported where a model is built: reading options and checkpoints needs no JAX
   from perceiver_ar_vl.models.base import LanguageModel
@@ -247,19 +247,19 @@ def _variables(params: dict, o: dict[str, Any], model: LanguageModel) -> dict:
   return {'params': p}
 
 
-# Options of ours the original lacks; their defaults (config_defaults) are the original's model.
+# Options of ours the original lacks; their defaults (spec.ModelSpec) are the original's model.
 LONG_CONTEXT_OPTIONS = ('match_ngrams', 'cross_attend_rotary_fraction', 'cross_attend_log_scale')
 
 
-def check_original_model(config: ml_collections.ConfigDict) -> None:
+def check_original_model(config: ml_collections.ConfigDict | spec.RunSpec) -> None:
   """Refuses a config whose model the original cannot be: the cross-attend's long-context
   options (n-gram match heads, its own rotary share, Scalable-Softmax) have no weights or
   behaviour in google-research/perceiver-ar, so its parameters cannot fill such a model."""
-  defaults = config_defaults.base_config().model
+  model, defaults = spec.from_config(config).model, spec.ModelSpec()
   on = {
-    key: config.model[key]
+    key: getattr(model, key)
     for key in LONG_CONTEXT_OPTIONS
-    if tuple(np.atleast_1d(config.model[key])) != tuple(np.atleast_1d(defaults[key]))
+    if getattr(model, key) != getattr(defaults, key)
   }
   if on:
     names = ', '.join(f'model.{k}={v!r}' for k, v in on.items())
