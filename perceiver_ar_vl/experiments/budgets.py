@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from perceiver_ar_vl import errors, step_plan
+from perceiver_ar_vl import errors, spec, step_plan
 from perceiver_ar_vl.experiments import flops, step_cost
 
 BUDGETS = ('steps', 'flops', 'seconds')
@@ -26,13 +26,15 @@ BUDGETS = ('steps', 'flops', 'seconds')
 BucketCost = Callable[[int], float]
 
 
-def bucket_schedule(config: ml_collections.ConfigDict, steps: int | None = None) -> list[int]:
+def bucket_schedule(
+  config: ml_collections.ConfigDict | spec.RunSpec, steps: int | None = None
+) -> list[int]:
   """The latent bucket of every step of `config` run for `steps` steps (default train.steps)."""
   return [int(b) for b in step_plan.plan(config, steps).buckets]
 
 
 def run_cost(
-  config: ml_collections.ConfigDict, cost: BucketCost, steps: int | None = None
+  config: ml_collections.ConfigDict | spec.RunSpec, cost: BucketCost, steps: int | None = None
 ) -> float:
   """Total cost of `config` run for `steps` steps (default train.steps)."""
   per_bucket: dict[int, float] = {}
@@ -45,7 +47,10 @@ def run_cost(
 
 
 def steps_for_budget(
-  config: ml_collections.ConfigDict, cost: BucketCost, budget: float, max_factor: int = 16
+  config: ml_collections.ConfigDict | spec.RunSpec,
+  cost: BucketCost,
+  budget: float,
+  max_factor: int = 16,
 ) -> int:
   """The largest T in [1, max_factor * train.steps] with run_cost(config, cost, T) <= budget.
 
@@ -67,7 +72,7 @@ def steps_for_budget(
   return low
 
 
-def seconds_cost(config: ml_collections.ConfigDict, repeats: int = 5) -> BucketCost:
+def seconds_cost(config: ml_collections.ConfigDict | spec.RunSpec, repeats: int = 5) -> BucketCost:
   """Measured seconds of one train step at each bucket (compiled first, then the median of
   `repeats` timed steps), cached per bucket."""
   cache: dict[int, float] = {}
@@ -80,14 +85,16 @@ def seconds_cost(config: ml_collections.ConfigDict, repeats: int = 5) -> BucketC
   return cost
 
 
-def measure_step_seconds(config: ml_collections.ConfigDict, bucket: int, repeats: int = 5) -> float:
+def measure_step_seconds(
+  config: ml_collections.ConfigDict | spec.RunSpec, bucket: int, repeats: int = 5
+) -> float:
   """Median wall-clock of `repeats` train steps of `config` at `bucket` on this machine
   (a random batch; the compile and one warm-up step are not timed)."""
   step, _ = step_cost.compiled_train_step(config, bucket)
   return step_cost.median_step_seconds(step, repeats)
 
 
-def bucket_cost(budget: str, config: ml_collections.ConfigDict) -> BucketCost:
+def bucket_cost(budget: str, config: ml_collections.ConfigDict | spec.RunSpec) -> BucketCost:
   """The per-step cost function of `budget` for `config`."""
   if budget == 'steps':
     return lambda bucket: 1.0

@@ -123,7 +123,7 @@ def run_config(
 _COSTS: dict[tuple[str, str], budgets.BucketCost] = {}
 
 
-def _cost(budget: str, config: ml_collections.ConfigDict) -> budgets.BucketCost:
+def _cost(budget: str, config: ml_collections.ConfigDict | spec.RunSpec) -> budgets.BucketCost:
   """budgets.bucket_cost, kept per (budget, model and batch) so each bucket is timed once."""
   key = (budget, repr(spec.from_config(config).model) + repr(config.train.batch_size))
   if key not in _COSTS:
@@ -131,17 +131,19 @@ def _cost(budget: str, config: ml_collections.ConfigDict) -> budgets.BucketCost:
   return _COSTS[key]
 
 
-def run_dir(out: str, config: ml_collections.ConfigDict) -> str:
+def run_dir(out: str, config: ml_collections.ConfigDict | spec.RunSpec) -> str:
   """`<out>/runs/<name>/seed<k>-<T>steps`: what identifies a trained run."""
   return os.path.join(out, 'runs', config.name, f'seed{config.seed}-{config.train.steps}steps')
 
 
-def target_tokens_seen(config: ml_collections.ConfigDict) -> int:
+def target_tokens_seen(config: ml_collections.ConfigDict | spec.RunSpec) -> int:
   """Scored targets over the whole run: batch * sum over steps of N (before truncation)."""
   return step_plan.plan(config).tokens(config.train.batch_size)
 
 
-def finished_result(workdir: str, config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+def finished_result(
+  workdir: str, config: ml_collections.ConfigDict | spec.RunSpec
+) -> dict[str, Any] | None:
   """The cached `run.json` of a finished run of `config` in `workdir`, or None."""
   try:
     with open(os.path.join(workdir, 'run.json')) as f:

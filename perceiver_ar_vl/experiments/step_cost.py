@@ -18,7 +18,7 @@ from perceiver_ar_vl.runs import train_state
 from perceiver_ar_vl.training.compiled_steps import CompiledSteps
 
 
-def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
+def train_step_memory(config: ml_collections.ConfigDict | spec.RunSpec, bucket: int) -> int:
   """Bytes of the train step at `bucket` as training compiles it (`CompiledSteps`: the run's
   shardings, the state donated): arguments + outputs + temporaries - donated buffers, per
   device (XLA's compiled memory analysis)."""
@@ -27,7 +27,7 @@ def train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
   return compiled_bytes(compiled.memory_analysis())
 
 
-def full_window(config: ml_collections.ConfigDict) -> int:
+def full_window(config: ml_collections.ConfigDict | spec.RunSpec) -> int:
   """The window a train step sees at the end of any window curriculum (M without one)."""
   return windows.window_buckets(config)[-1]
 
@@ -35,7 +35,7 @@ def full_window(config: ml_collections.ConfigDict) -> int:
 _MEMORY: dict[tuple[str, int], int] = {}
 
 
-def cached_train_step_memory(config: ml_collections.ConfigDict, bucket: int) -> int:
+def cached_train_step_memory(config: ml_collections.ConfigDict | spec.RunSpec, bucket: int) -> int:
   """train_step_memory, computed once per (model, train settings, bucket) in this process."""
   t = config.train
   key = (

@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from perceiver_ar_vl import config_lib, parallel
+from perceiver_ar_vl import config_lib, parallel, spec
 from perceiver_ar_vl.models.base import LanguageModel
 from perceiver_ar_vl.runs import checkpoints
 
@@ -22,7 +22,9 @@ class TrainState(train_state.TrainState):
   """Params, optimizer state and step (`apply_fn` and `tx` are static)."""
 
 
-def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, Any]:
+def make_optimizer(
+  t: ml_collections.ConfigDict | spec.TrainSpec,
+) -> tuple[optax.GradientTransformation, Any]:
   """Global-norm clipping then AdamW, with linear warmup then cosine (or constant) lr."""
   warmup = min(t.warmup_steps, max(t.steps - 1, 0))
   if t.lr_schedule == 'cosine':
@@ -48,7 +50,7 @@ def make_optimizer(t: ml_collections.ConfigDict) -> tuple[optax.GradientTransfor
   return tx, schedule
 
 
-def _new_state_fn(config: ml_collections.ConfigDict, model: LanguageModel):
+def _new_state_fn(config: ml_collections.ConfigDict | spec.RunSpec, model: LanguageModel):
   """rng -> a fresh TrainState (what both the real and the abstract state are traced from).
 
   Its step is a strongly typed int32, as a restored one is (`TrainState.create`'s Python 0
@@ -61,7 +63,7 @@ def _new_state_fn(config: ml_collections.ConfigDict, model: LanguageModel):
 
 
 def train_state_shardings(
-  config: ml_collections.ConfigDict, model: LanguageModel, mesh
+  config: ml_collections.ConfigDict | spec.RunSpec, model: LanguageModel, mesh
 ) -> TrainState:
   """A NamedSharding for each array of the TrainState on `mesh`: replicated, or with
   `train.fsdp` split over the data axis (parallel.state_shardings). Its optimizer is a new
@@ -70,7 +72,9 @@ def train_state_shardings(
   return parallel.state_shardings(shapes, mesh, config.train.fsdp)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: LanguageModel, mesh) -> TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict | spec.RunSpec, model: LanguageModel, mesh
+) -> TrainState:
   """A fresh TrainState, replicated or (train.fsdp) sharded over `mesh`."""
   new_state = _new_state_fn(config, model)  # one optimizer: the shardings' tree is the state's
   shapes = jax.eval_shape(new_state, jax.random.PRNGKey(0))
@@ -79,7 +83,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: LanguageModel, 
 
 
 def abstract_train_state(
-  config: ml_collections.ConfigDict, model: LanguageModel, mesh
+  config: ml_collections.ConfigDict | spec.RunSpec, model: LanguageModel, mesh
 ) -> TrainState:
   """Shapes, dtypes and shardings of the TrainState, for restoring without allocating twice.
 
@@ -106,7 +110,9 @@ def checkpoint_step(workdir: str, step: int | str = -1) -> int:
     mngr.close()
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | str = -1):
+def restore_params(
+  config: ml_collections.ConfigDict | spec.RunSpec, workdir: str, step: int | str = -1
+):
   """(model, variables, step) from `workdir`'s checkpoint `step` (-1: the latest, 'best': the
   kept step with the lowest validation bits per byte).
 
