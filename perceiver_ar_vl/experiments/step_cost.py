@@ -60,19 +60,20 @@ def compiled_bytes(stats) -> int:
 
 
 def compiled_train_step(
-  config: spec.RunSpec, bucket: int, impl: str | None = None
+  config: spec.RunSpec, bucket: int, impl: str | None = None, compiler_options: dict | None = None
 ) -> tuple[Callable[[], None], Any]:
   """The train step of `config`'s model at `bucket` (batch `config.train.batch_size`),
   compiled as training compiles it (`CompiledSteps`); returns (step, XLA memory analysis)
   where `step()` runs one step on a fixed random batch and waits for it, and `step.compiled`
   is the XLA executable (its HLO text: `step.compiled.as_text()`). `impl` overrides
-  model.attention_impl."""
+  model.attention_impl; `compiler_options` are XLA options for this compilation only
+  (`benchmarks/step_variants.py`)."""
   config = spec.from_config(config)
   if impl is not None:
     config = config.replace(model={'attention_impl': impl})
   steps = CompiledSteps(config)
   state = train_state.create_train_state(config, steps.model, steps.mesh)
-  compiled = steps.lower(bucket, full_window(config), state).compile()
+  compiled = steps.lower(bucket, full_window(config), state).compile(compiler_options)
   shape = (config.train.batch_size, windows.row_length(config))
   rows = np.random.default_rng(0).integers(0, 256, shape).astype(np.int32)
   window = parallel.global_batch(rows, steps.mesh)
