@@ -372,6 +372,7 @@ def test_first_byte_origin_counts_table_positions_from_the_first_valid_byte(cls,
     logits[origin] = forward(variables, padded, n, n, input_mask=mask)
   short = forward(variables, tokens, n, n)  # no padding: positions 0..M-p-1 under either
   np.testing.assert_allclose(logits['first_byte'], short, atol=1e-5)
-  next_byte = model.uncached_logits(variables, padded, M - pad, n, n)  # sampling's step
+  uncached = jax.jit(model.uncached_logits, static_argnums=(3, 4))
+  next_byte = uncached(variables, padded, M - pad, n, n)  # sampling's step
   np.testing.assert_allclose(next_byte, short[:, -1], atol=1e-5)
   assert not np.allclose(logits['window'], short, atol=1e-3)
