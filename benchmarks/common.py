@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,3 +61,21 @@ def matmul_gflops(
     f(a, b).block_until_ready()
     times.append(time.perf_counter() - start)
   return 2 * size**3 / min(times) / 1e9
+
+
+def alternating_medians(
+  steps: dict[str, Callable[[], None]], rounds: int, repeats: int
+) -> dict[str, float]:
+  """Median wall-clock of each of `steps` (calls that wait for their result): each called once
+  untimed, then `rounds` rounds of `repeats` timed calls of each in turn, so load on a shared
+  machine hits all of them alike."""
+  for step in steps.values():
+    step()
+  times = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, step in steps.items():
+      for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}

@@ -13,14 +13,13 @@ are 2 per multiply-add.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+
+from perceiver_ar_vl.experiments import step_cost
 
 flags.DEFINE_string('dtype', 'float32', 'Input dtype (results float32).')
 flags.DEFINE_integer('repeats', 15, 'Timed calls per op.')
@@ -52,17 +51,6 @@ def flops(spec: str, shapes) -> int:
   return 2 * int(np.prod(list(sizes.values())))
 
 
-def seconds(f, *args) -> float:
-  """Median wall-clock of `f(*args)` over `--repeats` calls after a warm-up call."""
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(FLAGS.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
@@ -73,7 +61,8 @@ def main(argv):
   for what, spec, shapes in OPS:
     args = [jnp.asarray(rng.normal(size=s), FLAGS.dtype) for s in shapes]
     f = jax.jit(lambda a, b, spec=spec: jnp.einsum(spec, a, b, preferred_element_type=jnp.float32))
-    s = seconds(f, *args)
+    call = lambda f=f, args=args: jax.block_until_ready(f(*args))  # noqa: E731
+    s = step_cost.median_step_seconds(call, FLAGS.repeats)
     rate = flops(spec, shapes) / s / 1e9
     dims = ' x '.join(str(list(x)) for x in shapes)
     print(f'| {what} | `{spec}` | {dims} | {s * 1e3:.2f} | {rate:.0f} | {rate / plain:.0%} |')

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
-import time
 
 import common
 import jax
@@ -83,16 +81,7 @@ def main(argv):
   config.model.dtype = FLAGS.dtype
   config = spec.from_config(config)
   steps = {name: build(config, v) for name, v in variants().items()}
-  for step in steps.values():
-    step()
-  times = {name: [] for name in steps}
-  for _ in range(FLAGS.rounds):
-    for name, step in steps.items():
-      for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        step()
-        times[name].append(time.perf_counter() - start)
-  medians = {name: statistics.median(t) for name, t in times.items()}
+  medians = common.alternating_medians(steps, FLAGS.rounds, FLAGS.repeats)
   print(
     f'{datetime.date.today()}, {os.cpu_count()} cores, jax {jax.__version__}, '
     f'{jax.devices()[0].device_kind}; {FLAGS.dtype}, M = {FLAGS.context}, N = {FLAGS.latents}, '

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
-import time
 
 import common
 import jax
@@ -45,15 +43,6 @@ flags.DEFINE_bool('profile', False, 'Also print ms per step per op class (op_pro
 FLAGS = flags.FLAGS
 
 
-def timed(step, repeats: int) -> list[float]:
-  out = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    step()
-    out.append(time.perf_counter() - start)
-  return out
-
-
 def main(argv):
   del argv
   threads = FLAGS.threads or os.cpu_count()
@@ -69,13 +58,9 @@ def main(argv):
     step, _ = step_cost.compiled_train_step(config, FLAGS.latents)
     steps[f'perceiver_ar_vl (JAX, {dtype})'] = (step, dtype)
   steps[f'perceiver-ar-pytorch 0.0.10 (torch {torch_version})'] = (peer_step, 'torch')
-  for step, _ in steps.values():
-    step()
-  times = {name: [] for name in steps}
-  for _ in range(FLAGS.rounds):
-    for name, (step, _) in steps.items():
-      times[name] += timed(step, FLAGS.repeats)
-  medians = {name: statistics.median(t) for name, t in times.items()}
+  medians = common.alternating_medians(
+    {name: step for name, (step, _) in steps.items()}, FLAGS.rounds, FLAGS.repeats
+  )
   peer_s = medians[list(steps)[-1]]
   # bf16 steps are set against bf16 x bf16 -> f32, the result type their matmuls ask for.
   rates = {
