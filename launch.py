@@ -61,8 +61,10 @@ def main(argv):
   from perceiver_ar_vl import config_lib
 
   config = config_lib.read_spec(FLAGS.config)  # checked once here, before JAX is imported
-  from perceiver_ar_vl import parallel
+  from perceiver_ar_vl import parallel, runtime
   from perceiver_ar_vl.runs import metrics
+
+  runtime.configure_cpu_execution(config.cpu_execution)  # before JAX starts its CPU client
 
   metrics.quiet_orbax_logs()
 

@@ -12,8 +12,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from perceiver_ar_vl import config_lib
+from perceiver_ar_vl import config_lib, runtime, spec
 from perceiver_ar_vl.experiments import step_cost
+
+# Steps run as training runs them (`cpu_execution`, read by JAX when its CPU client starts).
+runtime.configure_cpu_execution(spec.RunSpec.cpu_execution)
 
 
 @dataclasses.dataclass

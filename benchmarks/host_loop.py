@@ -2,6 +2,7 @@
 
   python benchmarks/host_loop.py                  # tiny model, CPU, 300 steps
   python benchmarks/host_loop.py --steps=600 --d_model=128
+  python benchmarks/host_loop.py --cpu_execution=async    # JAX's asynchronous dispatch
 
 The loop row runs `training.train` on a fixed-N tiny config (copy task, one bucket, no
 evaluation, one checkpoint at the end) and reads the steps/s it logs every --log_every steps;
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from perceiver_ar_vl import config_lib, data, latents, parallel, training
+from perceiver_ar_vl import config_lib, data, latents, parallel, runtime, training
 from perceiver_ar_vl.runs import run_files, train_state
 from perceiver_ar_vl.training import compiled_steps
 
@@ -34,6 +35,7 @@ flags.DEFINE_integer('window', 128, 'model.max_context (M).')
 flags.DEFINE_integer('latents', 64, 'N, fixed.')
 flags.DEFINE_integer('d_model', 64, 'Model width (2 layers, 4 heads, MLP 2x).')
 flags.DEFINE_integer('repeats', 3, 'Bare-step timings (the median is printed).')
+flags.DEFINE_enum('cpu_execution', 'inline', ['inline', 'async'], 'The config key of that name.')
 FLAGS = flags.FLAGS
 
 
@@ -59,6 +61,7 @@ def tiny_config():
     wandb=False,
   )
   c.eval.update(max_bytes=FLAGS.window + 1, latents_sweep=())
+  c.cpu_execution = FLAGS.cpu_execution
   return c
 
 
@@ -102,11 +105,15 @@ def loop_seconds_per_step(config) -> float:
 def main(argv):
   del argv
   config = tiny_config()
+  runtime.configure_cpu_execution(config.cpu_execution)  # before the first JAX work
   bare = bare_seconds_per_step(config)
   loop = loop_seconds_per_step(config)
   print(f'Command: `python {" ".join(sys.argv)}`  ')
   print(f'Date: {datetime.date.today()}; machine: {platform.processor() or platform.machine()}, ')
-  print(f'{os.cpu_count()} CPUs, jax {jax.__version__}, {jax.device_count()} device(s)')
+  print(
+    f'{os.cpu_count()} CPUs, jax {jax.__version__}, {jax.device_count()} device(s), '
+    f'cpu_execution={config.cpu_execution}'
+  )
   print(
     f'Model: 2 layers, d_model {FLAGS.d_model}, M {FLAGS.window}, N {FLAGS.latents}, '
     f'batch {FLAGS.batch}, {FLAGS.steps} steps\n'

@@ -70,6 +70,10 @@ EVAL_MODES = ('blocks', 'stride1')  # evaluate.bits_per_byte
 # eval.checkpoint_step's one word (else a step number): checkpoint_keeping.best_step
 BEST_CHECKPOINT = 'best'
 
+# cpu_execution: a CPU step runs on the calling thread with malloc keeping its freed temporaries
+# (runtime.configure_cpu_execution), or JAX's default asynchronous dispatch.
+CPU_EXECUTIONS = ('inline', 'async')
+
 # The config argument of configs/*.py ('' = the seed experiment, the same as 'gpu').
 PRESETS = ('', 'gpu', 'cpu', 'cpu_long', 'smoke')
 
@@ -91,6 +95,7 @@ CHOICES = {
   'data.copy_length_schedule': COPY_LENGTH_SCHEDULES,
   'train.lr_schedule': LR_SCHEDULES,
   'eval.mode': EVAL_MODES,
+  'cpu_execution': CPU_EXECUTIONS,
 }
 
 

@@ -84,8 +84,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """
   m, lat, t, e, s = config.model, config.latents, config.train, config.eval, config.sample
   for key in config_choices.CHOICES:  # every enumerated value, named by its key
-    section, field = key.split('.')
-    message = config_choices.unknown_choice(key, config[section][field])
+    value = config
+    for part in key.split('.'):
+      value = value[part]
+    message = config_choices.unknown_choice(key, value)
     if message:
       raise errors.UserError(message)
   if m.type == 'ecp' and m.remat != 'none':

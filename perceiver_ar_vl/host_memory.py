@@ -1,21 +1,21 @@
-"""Host memory: glibc's malloc keeps the blocks XLA:CPU frees, for the next step to reuse.
+"""Host memory: glibc's malloc keeps large freed blocks for reuse instead of unmapping them.
 
 Why: XLA:CPU allocates each execution's temporary buffers with malloc, about 1 GiB for the
-seed model's train step (M 1024, N 256, batch 8). glibc serves a block that large with a fresh
-`mmap` (above its mmap threshold, and always from a thread other than the main one, whose arena
-heaps hold at most 64 MiB) and unmaps it when freed, so every step page-faults its
-temporaries in again: ~265,000 minor faults and ~0.45 s of system time per seed-model step on
-2 cores. With one arena and mmap/trim thresholds above any step's temporaries, freed blocks
-stay in the process and the next step reuses them (0 faults; the step 1.08x faster,
-docs/performance.md). The cost: the process keeps its peak heap resident instead of returning
-it to the system between steps.
+seed model's train step (M 1024, N 256, batch 8). By default glibc serves a block above its
+mmap threshold (at most 32 MiB) with a fresh `mmap` and unmaps it when freed, so every step
+page-faulted its temporaries in again: ~265,000 minor faults and ~0.45 s of system time per
+seed-model step on 2 cores. With the mmap and trim thresholds raised to 2 GiB, a freed block
+stays in the process and the next step's allocation reuses it; the cost is that the process
+keeps its peak heap resident between steps.
 
-`keep_freed_memory()` runs when the package is imported, which is before JAX starts the
-threads that allocate (a thread keeps the arena it first allocated from, so a later call does
-not reach them). It does nothing off Linux/glibc, where the environment already tunes malloc
-(`GLIBC_TUNABLES` naming glibc.malloc, `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
-`MALLOC_TRIM_THRESHOLD_`, a preloaded tcmalloc, jemalloc or mimalloc), or with
-`PERCEIVER_AR_VL_MALLOC=system`.
+Only blocks allocated from the main thread's arena can be reused this way: glibc's other
+arenas hold at most 64 MiB, so a larger block from any other thread is mapped afresh whatever
+the thresholds. `runtime.configure_cpu_execution` therefore also runs CPU steps inline on the
+calling thread (config key `cpu_execution`), which is what makes this pay.
+
+Nothing is changed off Linux/glibc, or where the environment already tunes malloc
+(`GLIBC_TUNABLES` naming glibc.malloc, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`,
+`MALLOC_ARENA_MAX`, a preloaded tcmalloc, jemalloc or mimalloc).
 """
 
 from __future__ import annotations
@@ -25,28 +25,25 @@ import os
 import sys
 from collections.abc import Mapping
 
-OPT_OUT_ENV = 'PERCEIVER_AR_VL_MALLOC'  # 'system': leave malloc as the C library sets it
-# mallopt(3) parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-INT_MAX = 2**31 - 1
-SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_THRESHOLD, INT_MAX), (M_TRIM_THRESHOLD, INT_MAX))
+# mallopt(3) parameters (glibc's malloc.h) and the value both are raised to.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_BELOW_BYTES = 2**31 - 1  # mallopt takes an int
 TUNING_ENV = ('MALLOC_ARENA_MAX', 'MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')
 OTHER_ALLOCATORS = ('tcmalloc', 'jemalloc', 'mimalloc')
 
 
 def malloc_tuned_elsewhere(environ: Mapping[str, str]) -> bool:
-  """Whether the user chose how malloc behaves (or another allocator) in `environ`."""
+  """Whether `environ` sets how malloc behaves, or preloads another allocator."""
   return (
-    environ.get(OPT_OUT_ENV, '') == 'system'
-    or 'glibc.malloc' in environ.get('GLIBC_TUNABLES', '')
+    'glibc.malloc' in environ.get('GLIBC_TUNABLES', '')
     or any(name in environ for name in TUNING_ENV)
     or any(name in environ.get('LD_PRELOAD', '') for name in OTHER_ALLOCATORS)
   )
 
 
 def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
-  """Sets glibc's malloc to one arena and no mmap/trim of blocks below 2 GiB (module
-  docstring); returns whether it did."""
+  """Raises glibc's mmap and trim thresholds to 2 GiB (module docstring); returns whether it
+  did. Applies to allocations made from now on."""
   if not sys.platform.startswith('linux') or malloc_tuned_elsewhere(environ):
     return False
   try:
@@ -55,4 +52,5 @@ def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> bool:
     return False
   if not (hasattr(libc, 'gnu_get_libc_version') and hasattr(libc, 'mallopt')):
     return False  # another C library (musl) without these parameters
-  return all(libc.mallopt(option, value) == 1 for option, value in SETTINGS)
+  settings = ((M_MMAP_THRESHOLD, KEEP_BELOW_BYTES), (M_TRIM_THRESHOLD, KEEP_BELOW_BYTES))
+  return all(libc.mallopt(option, value) == 1 for option, value in settings)

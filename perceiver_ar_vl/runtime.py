@@ -1,5 +1,5 @@
-"""The process a run lives in: JAX's persistent compilation cache, the startup report (what is
-running, on what) and absl's log level for library users.
+"""The process a run lives in: JAX's persistent compilation cache, how CPU steps execute, the
+startup report (what is running, on what) and absl's log level for library users.
 
 The entry points (launch.py, the experiment CLI) and the library calls that run a model
 (`training.train`, `evaluation.evaluate.evaluate`, `sampling.sample_from_workdir`) call
@@ -17,6 +17,7 @@ import ml_collections
 from absl import flags, logging
 from jax.experimental.compilation_cache import compilation_cache
 
+from perceiver_ar_vl import host_memory
 from perceiver_ar_vl.layers import kernels
 
 # `compile_cache_dir='auto'`: one cache per user, shared by every run and workdir.
@@ -51,6 +52,26 @@ def enable_compilation_cache(setting: str) -> str | None:
     # set-up programs take less, and tracing them again is what a warm start still costs.
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   return directory
+
+
+def configure_cpu_execution(setting: str) -> bool:
+  """`cpu_execution`: 'inline' runs each compiled CPU program on the calling thread (JAX's
+  `jax_cpu_enable_async_dispatch` off) and raises glibc's mmap/trim thresholds
+  (`host_memory`), so a step's temporaries come from the main thread's malloc arena and the
+  next step reuses them instead of mapping and page-faulting them in afresh; 'async' is JAX's
+  default dispatch. Returns whether programs run inline.
+
+  JAX reads the dispatch setting when it creates its CPU client, so this must run before
+  anything uses a JAX device in the process (launch.py calls it first; `training.train`,
+  `evaluate` and `sample_from_workdir` call it too, which is in time when they are the
+  process's first JAX work). It starts no backend (safe before `jax.distributed.initialize`).
+  Multi-device programs keep asynchronous dispatch; raised malloc thresholds stay raised.
+  """
+  inline = setting == 'inline'
+  jax.config.update('jax_cpu_enable_async_dispatch', not inline)
+  if inline:
+    host_memory.keep_freed_memory()
+  return inline
 
 
 def show_info_logs() -> None:

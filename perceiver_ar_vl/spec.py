@@ -212,7 +212,7 @@ class SampleSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """One run: its name, seed, compilation cache and a spec per section."""
+  """One run: its name, seed, compilation cache, CPU execution and a spec per section."""
 
   name: str = 'base'
   seed: int = 0
@@ -220,6 +220,10 @@ class RunSpec:
   # /perceiver_ar_vl/jax; a directory set through JAX's own --jax_compilation_cache_dir or
   # JAX_COMPILATION_CACHE_DIR wins), '' = off, else that directory.
   compile_cache_dir: str = 'auto'
+  # On a CPU backend: 'inline' runs each step on the calling thread and lets malloc keep the
+  # step's freed temporaries for the next one (no page faults; docs/performance.md); 'async'
+  # is JAX's default dispatch. Set before JAX starts (runtime.configure_cpu_execution).
+  cpu_execution: str = 'inline'
   model: ModelSpec = ModelSpec()
   latents: LatentsSpec = LatentsSpec()
   window: WindowSpec = WindowSpec()

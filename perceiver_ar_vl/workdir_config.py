@@ -23,7 +23,14 @@ from perceiver_ar_vl import cli, config_defaults, errors
 
 # What an override may change when the config comes from the workdir: what evaluation and
 # sampling read, and how the model computes (not what it computes).
-CHANGEABLE = ('eval.', 'sample.', 'model.dtype', 'model.attention_impl', 'compile_cache_dir')
+CHANGEABLE = (
+  'eval.',
+  'sample.',
+  'model.dtype',
+  'model.attention_impl',
+  'compile_cache_dir',
+  'cpu_execution',
+)
 CONFIG_FILE = 'config.json'
 # Keys that older versions saved and this one derives (skipped when read).
 RETIRED = {'data.copy_length_total_steps'}

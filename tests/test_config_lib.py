@@ -21,6 +21,8 @@ from perceiver_ar_vl import (
   errors,
   latents,
   models,
+  runtime,
+  spec,
   step_plan,
   windows,
 )
@@ -174,10 +176,13 @@ def test_validating_a_config_imports_no_jax():
 def test_every_enumerated_key_is_validated(key):
   """A value outside CHOICES[key] stops validate with one line naming the key and its flag."""
   config = config_lib.strategy_config('uniform', 'smoke')
-  section, field = key.split('.')
-  assert field in config[section], f'{key} is not a config key'
-  assert config[section][field] in config_choices.CHOICES[key]  # the default is allowed
-  config[section][field] = 'bogus'
+  *sections, field = key.split('.')
+  section = config
+  for name in sections:
+    section = section[name]
+  assert field in section, f'{key} is not a config key'
+  assert section[field] in config_choices.CHOICES[key]  # the default is allowed
+  section[field] = 'bogus'
   with pytest.raises(errors.UserError) as raised:
     config_lib.validate(config)
   message = str(raised.value)
@@ -359,6 +364,14 @@ def _check_lr_schedule(name):
   assert end == pytest.approx(1e-2) if name == 'constant' else end < 0.2e-2
 
 
+def _check_cpu_execution(name):
+  try:
+    assert runtime.configure_cpu_execution(name) is (name == 'inline')
+    assert jax.config.values['jax_cpu_enable_async_dispatch'] is (name == 'async')
+  finally:
+    runtime.configure_cpu_execution(spec.RunSpec.cpu_execution)
+
+
 def _check_eval_mode(name):
   model = _tiny_model()
   variables = model.init_variables(jax.random.PRNGKey(0))
@@ -384,6 +397,7 @@ CHECKS = {
   'data.copy_length_schedule': _check_copy_length_schedule,
   'train.lr_schedule': _check_lr_schedule,
   'eval.mode': _check_eval_mode,
+  'cpu_execution': _check_cpu_execution,
 }
 
 

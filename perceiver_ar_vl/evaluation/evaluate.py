@@ -207,6 +207,7 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
   config = config_lib.read_spec(config)
   runtime.show_info_logs()  # a notebook sees the progress of a long evaluation
   runtime.enable_compilation_cache(config.compile_cache_dir)
+  runtime.configure_cpu_execution(config.cpu_execution)
   e = config.eval
   train_state.checkpoint_step(workdir, e.checkpoint_step)  # no checkpoint: stop before reading data
   configs = [at_window(config, w) for w in e.windows] or [config]

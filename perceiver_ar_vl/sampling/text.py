@@ -58,6 +58,7 @@ def sample_from_workdir(config: spec.RunSpec, workdir: str) -> str:
   """
   config = config_lib.read_spec(config)
   runtime.enable_compilation_cache(config.compile_cache_dir)
+  runtime.configure_cpu_execution(config.cpu_execution)
   s = config.sample
   train_state.checkpoint_step(workdir, config.eval.checkpoint_step)  # none: stop here, cheaply
   read, shown = fit_prompt(s.prompt, config.model.max_context)

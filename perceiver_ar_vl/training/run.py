@@ -139,6 +139,7 @@ def _train_holding_lock(
 ) -> dict[str, Any]:
   """`train`, once this run holds the workdir's lock."""
   cache_dir = runtime.enable_compilation_cache(config.compile_cache_dir)
+  runtime.configure_cpu_execution(config.cpu_execution)
   t = config.train
   mesh = parallel.make_mesh()
   parallel.check_batch_size(t.batch_size, mesh, t.grad_accum_steps)
