@@ -112,7 +112,8 @@ def gpu_unused() -> bool:
 
 def startup_report(config: ml_collections.ConfigDict, params: Any, cache_dir: str | None) -> str:
   """The block logged when a run starts: backend, devices, processes, parameters, compute
-  dtype, attention kernel, compilation cache and the versions behind the numbers."""
+  dtype, attention kernel, compilation cache, cpu_execution and the versions behind the
+  numbers."""
   import flax
   import jaxlib
   import optax
@@ -128,6 +129,7 @@ def startup_report(config: ml_collections.ConfigDict, params: Any, cache_dir: st
     f'model {config.model.type}: {count:,} parameters, compute dtype {config.model.dtype}',
     f'attention kernel {attention_kernel(config, rows)}',
     f'compilation cache {cache_dir or "off"}',
+    f'cpu_execution {config.cpu_execution}',
     f'jax {jax.__version__}, jaxlib {jaxlib.__version__}, flax {flax.__version__}, '
     f'optax {optax.__version__}',
   ]

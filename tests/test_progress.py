@@ -125,6 +125,7 @@ def test_startup_report_says_what_runs():
   assert 'perceiver_ar: 17 parameters, compute dtype float32' in report
   assert 'attention kernel einsum (auto)' in report  # tiny shapes on the CPU
   assert 'compilation cache /some/cache' in report and f'jax {jax.__version__}' in report
+  assert 'cpu_execution inline' in report
   config.model.attention_impl = 'chunked'
   assert 'attention kernel chunked\n' in runtime.startup_report(config, params, None)
 
