@@ -181,3 +181,22 @@ def test_library_users_see_progress_unless_they_chose_a_level(monkeypatch):
     assert logging.get_verbosity() == logging.ERROR
   finally:
     logging.set_verbosity(before)
+
+
+def test_train_sets_cpu_execution_before_it_starts_jax(monkeypatch, tmp_path):
+  """JAX reads the dispatch setting when it starts its CPU client, which the workdir lock
+  does (jax.process_index): train() must set it before taking the lock."""
+  seen = []
+
+  def held(workdir):
+    seen.append(jax.config.values['jax_cpu_enable_async_dispatch'])
+    raise RuntimeError('stop here')
+
+  monkeypatch.setattr(training.run.workdir_lock, 'held', held)
+  jax.config.update('jax_cpu_enable_async_dispatch', True)
+  try:
+    with pytest.raises(RuntimeError, match='stop here'):
+      training.train(tiny_config('fixed', steps=2), str(tmp_path))
+  finally:
+    runtime.configure_cpu_execution('inline')
+  assert seen == [False]

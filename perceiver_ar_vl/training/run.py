@@ -127,6 +127,7 @@ def train(
   started = time.perf_counter()
   config = config_lib.read_spec(config)
   runtime.show_info_logs()
+  runtime.configure_cpu_execution(config.cpu_execution)  # before the lock starts JAX's client
   with workdir_lock.held(workdir):
     return _train_holding_lock(config, workdir, after_step, started)
 
@@ -139,7 +140,6 @@ def _train_holding_lock(
 ) -> dict[str, Any]:
   """`train`, once this run holds the workdir's lock."""
   cache_dir = runtime.enable_compilation_cache(config.compile_cache_dir)
-  runtime.configure_cpu_execution(config.cpu_execution)
   t = config.train
   mesh = parallel.make_mesh()
   parallel.check_batch_size(t.batch_size, mesh, t.grad_accum_steps)
