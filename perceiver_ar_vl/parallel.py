@@ -13,8 +13,9 @@ on process 0 while the others wait at a barrier (`process_0_first`, `barrier`).
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -25,6 +26,15 @@ from perceiver_ar_vl import errors
 
 DATA_AXIS = 'data'
 T = TypeVar('T')
+
+# XLA:CPU runs each device's part of a multi-device program on a pool of max(cores, devices)
+# threads, and the thread that launches a part waits while its device has 32 programs in
+# flight. So with as many devices as cores (two simulated devices on two cores), a loop that
+# dispatches more than ~32 programs without reading a result can leave one part of a
+# collective waiting for a thread the other part's device holds: XLA aborts the process after
+# 40 s ("Termination timeout for all reduce"). Loops over a multi-device CPU mesh keep fewer
+# in flight (`InFlight`).
+CPU_PROGRAMS_IN_FLIGHT = 8
 
 
 def initialize_distributed(
@@ -106,6 +116,25 @@ def check_batch_size(global_batch: int, mesh: Mesh, grad_accum_steps: int = 1) -
 def global_batch(local_rows: np.ndarray, mesh: Mesh) -> jax.Array:
   """This process's rows [global_batch / process_count, ...] as one global sharded array."""
   return jax.make_array_from_process_local_data(batch_sharded(mesh), local_rows)
+
+
+class InFlight:
+  """Bounds how many programs a loop keeps in flight on a mesh of several local CPU devices
+  (CPU_PROGRAMS_IN_FLIGHT says why): `add` each dispatched program's outputs; once more than
+  `limit` are held it waits for the oldest. Elsewhere (one local device, an accelerator) it
+  holds nothing and never waits, so the host runs as far ahead as JAX lets it."""
+
+  def __init__(self, mesh: Mesh, limit: int = CPU_PROGRAMS_IN_FLIGHT):
+    local = mesh.local_devices
+    self.limit = limit if len(local) > 1 and local[0].platform == 'cpu' else 0
+    self._outputs: collections.deque[Any] = collections.deque()
+
+  def add(self, outputs: Any) -> None:
+    if not self.limit:
+      return
+    self._outputs.append(outputs)
+    if len(self._outputs) > self.limit:
+      jax.block_until_ready(self._outputs.popleft())
 
 
 def barrier(name: str) -> None:

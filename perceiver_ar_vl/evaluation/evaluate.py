@@ -60,7 +60,7 @@ def _score_fn(model: LanguageModel, num_latents: int, num_bins: int = 0):
   return score
 
 
-FLUSH_EVERY = 64  # evaluation batches whose sums are added on the device before one transfer
+FLUSH_EVERY = 64  # evaluation batches whose sums reach the host in one transfer
 PROGRESS_SECONDS = 10.0  # a long evaluation logs how far it is at most this often
 
 
@@ -115,10 +115,12 @@ def bits_per_byte(
     (jax.process_index() + 1) * batch // jax.process_count(),
   )
   # Windows are built one batch at a time (a stride-1 pass over a long split would not fit in
-  # host memory at once); sums stay on the device and reach the host every FLUSH_EVERY batches
-  # (float64 there), so the host never waits for the device batch by batch.
+  # host memory at once); batch sums reach the host every FLUSH_EVERY batches and are added
+  # there in float64, so the host never waits for the device batch by batch (but on a
+  # multi-device CPU mesh, where `parallel.InFlight` keeps fewer in flight).
   totals = [np.zeros(num_latents), np.zeros(num_latents)] + [np.zeros(num_bins) for _ in range(3)]
   pending = []
+  in_flight = parallel.InFlight(mesh)
   windows = len(plan.ends)
   began = last_log = time.perf_counter()
   for start in range(0, windows, batch):
@@ -126,11 +128,12 @@ def bits_per_byte(
       plan, context, per_window, num_latents, start, batch, bins=bins
     )
     pending.append(score(variables, *(parallel.global_batch(a[rows], mesh) for a in chunk)))
+    in_flight.add(pending[-1])
     due = time.perf_counter() - last_log >= PROGRESS_SECONDS  # read the device, then report
     if len(pending) == FLUSH_EVERY or start + batch >= windows or due:
-      sums = jax.device_get(jax.tree.map(lambda *x: sum(x), *pending))
-      for total, part in zip(totals, sums, strict=False):
-        total += np.asarray(part, np.float64)
+      for sums in jax.device_get(pending):
+        for total, part in zip(totals, sums, strict=False):
+          total += np.asarray(part, np.float64)
       pending = []
     if due and start + batch < windows:
       last_log, done = time.perf_counter(), start + batch

@@ -210,7 +210,8 @@ def _train_steps(
   The host never waits for the device between logs: the buckets are compiled before the first
   step, batches reach the device ahead of their step (DeviceBatches) and metrics are read
   once per log_every steps (MetricLog), which times the steps apart from compiling, saving
-  and validating."""
+  and validating. On a multi-device CPU mesh it stays at most a few steps ahead
+  (`parallel.InFlight`)."""
   config, mesh = run.config, run.mesh
   t = config.train
   base_rng = jax.device_put(jax.random.PRNGKey(config.seed + 1), parallel.replicated(mesh))
@@ -220,6 +221,7 @@ def _train_steps(
   )
   profiler = StepProfiler(tuple(t.profile_steps), run.workdir)
   last_saved = start_step
+  in_flight = parallel.InFlight(mesh)
   with DeviceBatches(host_batches, mesh) as batches:  # fills while the buckets compile
     ahead = run.plan.windows_ahead(start_step)  # [M] without a window curriculum
     buckets = run.plan.buckets_ahead(start_step)
@@ -232,6 +234,7 @@ def _train_steps(
       done = step + 1
       with profiler.step(done):
         state, device_metrics = step_fn(state, next(batches), latent_counts(n), base_rng)
+      in_flight.add(device_metrics)
       profiler.after(done, device_metrics)
       log.add(done, n, bucket, device_metrics)
       if after_step is not None:
