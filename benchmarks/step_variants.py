@@ -2,7 +2,7 @@
 attention kernel, chunked-kernel block sizes or XLA:CPU compile options pay on this machine.
 
   python benchmarks/step_variants.py --impls=chunked,einsum,xla
-  python benchmarks/step_variants.py --blocks=1024x512,128x1024
+  python benchmarks/step_variants.py --blocks=1024x512,128x1024,chunked:128x128
   python benchmarks/step_variants.py --options='fast_math:xla_cpu_enable_fast_math=true'
   python benchmarks/step_variants.py --dtype=bfloat16 --impls=chunked
 
@@ -34,7 +34,12 @@ flags.DEFINE_integer('latents', 256, 'Latents N.')
 flags.DEFINE_integer('batch', 8, 'Windows per step.')
 flags.DEFINE_string('dtype', 'float32', 'model.dtype.')
 flags.DEFINE_list('impls', [], 'model.attention_impl values to compare.')
-flags.DEFINE_list('blocks', [], 'Chunked-kernel blocks, QxK (queries x keys), e.g. 1024x256.')
+flags.DEFINE_list(
+  'blocks',
+  [],
+  'Chunked-kernel blocks, QxK (queries x keys), e.g. 1024x256; IMPL:QxK (chunked:128x128) '
+  'also sets model.attention_impl.',
+)
 flags.DEFINE_multi_string('options', [], "'name:key=value;key=value' XLA compile options.")
 flags.DEFINE_integer('rounds', 4, 'Alternating rounds.')
 flags.DEFINE_integer('repeats', 2, 'Timed steps per round and variant.')
@@ -54,8 +59,10 @@ def variants() -> dict[str, dict]:
   out = {'default': {}}
   out.update({f'attention_impl={i}': {'impl': i} for i in FLAGS.impls})
   for b in FLAGS.blocks:
-    q, k = (int(x) for x in b.split('x'))
-    out[f'blocks {q}x{k}'] = {'blocks': (q, k)}
+    impl, _, size = b.rpartition(':')
+    q, k = (int(x) for x in size.split('x'))
+    name = f'attention_impl={impl}, blocks {q}x{k}' if impl else f'blocks {q}x{k}'
+    out[name] = {'blocks': (q, k), 'impl': impl or None}
   for o in FLAGS.options:
     name, _, pairs = o.partition(':')
     items = (pair.split('=', 1) for pair in pairs.split(';'))
