@@ -116,8 +116,8 @@ def bits_per_byte(
   )
   # Windows are built one batch at a time (a stride-1 pass over a long split would not fit in
   # host memory at once); batch sums reach the host every FLUSH_EVERY batches and are added
-  # there in float64, so the host never waits for the device batch by batch (but on a
-  # multi-device CPU mesh, where `parallel.InFlight` keeps fewer in flight).
+  # there in float64, so the host does not wait for the device batch by batch (on a mesh of
+  # several CPU devices it stays at most parallel.CPU_PROGRAMS_IN_FLIGHT batches ahead).
   totals = [np.zeros(num_latents), np.zeros(num_latents)] + [np.zeros(num_bins) for _ in range(3)]
   pending = []
   in_flight = parallel.InFlight(mesh)
